@@ -1,0 +1,1 @@
+"""Dataset readers, the synthetic shapes dataset, SSD augmentation and the tf.data pipeline."""

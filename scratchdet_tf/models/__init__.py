@@ -1,0 +1,1 @@
+"""Keras 3 functional networks: backbones, extras and SSD heads."""
