@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 
@@ -14,7 +14,7 @@ def ssd_anchors(
     min_sizes: Sequence[float],
     max_sizes: Sequence[float],
     aspect_ratios: Sequence[Sequence[float]],
-    steps: Optional[Sequence[float]],
+    steps: Sequence[float] | None,
     offset: float = 0.5,
     clip: bool = False,
 ) -> np.ndarray:

@@ -25,6 +25,8 @@ def _check(condition: bool, flag: str, value, allowed: str) -> None:
 def _show(value) -> str:
     if isinstance(value, tuple):
         return ",".join(_show(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
     return str(value)
 
 

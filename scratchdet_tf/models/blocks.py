@@ -1,0 +1,108 @@
+"""Shared building blocks: Caffe-style conv (+BN, +ReLU), residual basic block, L2Norm.
+
+Only ``keras.layers`` / ``keras.ops``, so the networks build under any Keras 3 backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+
+# Caffe "xavier": U(+-sqrt(3 / fan_in)), fan_in = C_in * k * k (SPEC §5 "Initialization").
+CAFFE_XAVIER = keras.initializers.VarianceScaling(scale=1.0, mode="fan_in", distribution="uniform")
+
+
+@dataclasses.dataclass(frozen=True)
+class Norm:
+    """How a conv is normalized: BN on/off and its hyper-parameters."""
+
+    enabled: bool = True
+    momentum: float = 0.99
+    epsilon: float = 1e-5
+    synchronized: bool = False
+
+    def layer(self, name: str) -> keras.layers.Layer:
+        return keras.layers.BatchNormalization(
+            momentum=self.momentum, epsilon=self.epsilon, synchronized=self.synchronized, name=name
+        )
+
+
+def conv(x, filters: int, kernel: int, *, stride: int = 1, pad: int | None = None, dilation: int = 1,
+         use_bias: bool = False, name: str):
+    """A conv with Caffe's symmetric zero padding (``pad`` pixels on every side).
+
+    TF's ``'same'`` pads only bottom/right for stride 2 on even inputs, shifting the grid
+    by a pixel versus Caffe; so stride > 1 pads explicitly and convolves ``'valid'``.
+
+    Args:
+      x: [B, H, W, C] tensor.
+      pad: pixels per side; ``None`` means (kernel - 1) // 2 * dilation ("same" size at stride 1).
+    """
+    if pad is None:
+        pad = (kernel - 1) // 2 * dilation
+    if stride == 1 and pad == (kernel - 1) // 2 * dilation:
+        padding = "same"  # symmetric for odd kernels at stride 1
+    else:
+        if pad:
+            x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
+        padding = "valid"
+    return keras.layers.Conv2D(
+        filters, kernel, strides=stride, padding=padding, dilation_rate=dilation, use_bias=use_bias,
+        kernel_initializer=CAFFE_XAVIER, name=name,
+    )(x)
+
+
+def conv_bn(x, filters: int, kernel: int, norm: Norm, *, stride: int = 1, pad: int | None = None,
+            dilation: int = 1, relu: bool = True, name: str):
+    """conv → BN → ReLU; without BN the conv gets a bias instead (no conv bias before BN)."""
+    x = conv(x, filters, kernel, stride=stride, pad=pad, dilation=dilation, use_bias=not norm.enabled, name=name)
+    if norm.enabled:
+        x = norm.layer(f"{name}_bn")(x)
+    if relu:
+        x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    return x
+
+
+def basic_block(x, filters: int, norm: Norm, *, stride: int, name: str, valid: bool = False):
+    """ResNet v1 (post-activation) basic block: two 3x3 convs plus a shortcut, then ReLU.
+
+    The shortcut is the identity when shape is kept, else a 1x1 conv + BN at the same stride.
+
+    Args:
+      valid: the 3x3 stride-2 conv uses no padding (ScratchDet's 3x3 → 1x1 extra block).
+        The 1x1 shortcut then first crops one pixel per side, so it samples the centre of
+        each 3x3 window and both branches stay aligned (DESIGN.md).
+    """
+    in_channels = x.shape[-1]
+    shortcut = x
+    if stride != 1 or in_channels != filters or valid:
+        if valid:
+            shortcut = keras.layers.Cropping2D(1, name=f"{name}_short_crop")(shortcut)
+        shortcut = conv_bn(shortcut, filters, 1, norm, stride=stride, pad=0, relu=False, name=f"{name}_short")
+    y = conv_bn(x, filters, 3, norm, stride=stride, pad=0 if valid else 1, name=f"{name}_conv1")
+    y = conv_bn(y, filters, 3, norm, relu=False, name=f"{name}_conv2")
+    y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
+    return keras.layers.ReLU(name=f"{name}_out")(y)
+
+
+@keras.saving.register_keras_serializable(package="scratchdet_tf")
+class L2Norm(keras.layers.Layer):
+    """SSD's channel-wise L2 normalization with a learned per-channel scale (init 20)."""
+
+    def __init__(self, scale: float = 20.0, epsilon: float = 1e-10, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = scale
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(
+            shape=(input_shape[-1],), initializer=keras.initializers.Constant(self.scale), name="gamma"
+        )
+
+    def call(self, x):
+        norm = keras.ops.sqrt(keras.ops.sum(keras.ops.square(x), axis=-1, keepdims=True) + self.epsilon)
+        return x / norm * keras.ops.cast(self.gamma, x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale, "epsilon": self.epsilon}

@@ -1,0 +1,217 @@
+"""Networks: feature maps per config, hand-counted parameters, paper sizes, ablation knobs."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from absl import flags
+
+from scratchdet_tf import config, config_flags
+from scratchdet_tf.models import blocks, ssd
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAPER_MAPS = [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)]
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.cfg")) +
+                 glob.glob(os.path.join(ROOT, "configs", "ablations", "*.cfg")))
+
+
+def load(path, *overrides):
+    fv = flags.FlagValues()
+    config_flags.define_flags(fv)
+    fv(["prog"] + config_flags.expand_flagfiles([f"--flagfile={path}", *overrides]))
+    return config_flags.config_from_flags(fv)
+
+
+def build(cfg):
+    keras.backend.clear_session()
+    return ssd.build_model(cfg.model, cfg.anchors)
+
+
+def tiny_cfg(**model):
+    return config.Config(model=config.ModelConfig(**{"depth": 18, "width": 1 / 16, "image_size": 64,
+                                                     "num_classes": 2, **model}),
+                         anchors=config.AnchorConfig(steps=()))
+
+
+def test_there_is_a_config_per_paper_table_cell():
+    names = {os.path.relpath(p, os.path.join(ROOT, "configs")) for p in CONFIGS}
+    for bn in ("none", "head", "backbone", "both"):
+        for lr in ("0.001", "0.01", "0.05"):
+            assert f"ablations/table1_{bn}_lr{lr}.cfg" in names
+    for row in ("s2_7x7", "s2_3x3", "s2_3x3x2", "s2_3x3x3", "s1_7x7", "s1_3x3", "s1_3x3x2", "s1_3x3x3",
+                "s1_3x3x4", "s1_3x3x5"):
+        assert f"ablations/table2_{row}.cfg" in names
+    assert {"scratchdet300_r34_voc07.cfg", "scratchdet300_r34_voc12.cfg", "scratchdet300_r34_coco.cfg",
+            "scratchdet300_r34_coco2voc07.cfg", "scratchdet300_r18_voc07.cfg", "shapes_demo.cfg"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_every_config_parses_and_builds_at_its_real_size(path):
+    cfg = load(path)
+    model = build(cfg)
+    maps = ssd.feature_map_sizes(model)
+    anchors = ssd.model_anchors(model, cfg.anchors, cfg.model.image_size)
+    assert model.output["box_deltas"].shape[1] == len(anchors)
+    assert model.output["cls_logits"].shape[2] == cfg.model.num_classes + 1
+    if cfg.model.image_size == 300:
+        assert maps == PAPER_MAPS  # the paper keeps SSD300's levels for every variant (Fig. 3)
+        assert len(anchors) == 8732
+
+
+def _conv(k, c_in, c_out):
+    return k * k * c_in * c_out
+
+
+def _bn(c):
+    return 2 * c  # gamma, beta
+
+
+def test_tiny_root_resnet18_parameter_count_by_hand():
+    # width 1/16: root 4 ch, stages 4/8/16/32, extras 8; 2 classes + background; 64x64 input.
+    cfg = tiny_cfg()
+    root = _conv(3, 3, 4) + _bn(4) + 2 * (_conv(3, 4, 4) + _bn(4))
+    conv2 = 2 * 2 * (_conv(3, 4, 4) + _bn(4))
+
+    def stage(c_in, c):
+        first = _conv(3, c_in, c) + _conv(3, c, c) + _conv(1, c_in, c) + 3 * _bn(c)
+        return first + 2 * (_conv(3, c, c) + _bn(c))
+
+    extras = stage(32, 8) - 2 * (_conv(3, 8, 8) + _bn(8)) + 3 * (stage(8, 8) - 2 * (_conv(3, 8, 8) + _bn(8)))
+    head = 0
+    for c, k in zip((16, 32, 8, 8, 8, 8), (4, 6, 6, 6, 4, 4)):
+        head += _conv(3, c, 4 * k) + _bn(4 * k) + _conv(3, c, 3 * k) + _bn(3 * k)
+    expected = root + conv2 + stage(4, 8) + stage(8, 16) + stage(16, 32) + extras + head
+    assert expected == 78_200
+    model = build(cfg)
+    assert ssd.num_trainable_params(model) == expected
+    assert ssd.feature_map_sizes(model) == [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1), (1, 1)]
+
+
+@pytest.mark.parametrize("name, params, macs", [
+    ("scratchdet300_r34_voc07.cfg", 24.59e6, 33.30e9),  # SPEC §8.1
+    ("scratchdet300_r18_voc07.cfg", 14.48e6, 19.81e9),
+    ("scratchdet300_r34_coco.cfg", 28.19e6, 34.76e9),
+])
+def test_paper_networks_match_the_derived_size(name, params, macs):
+    model = build(load(os.path.join(ROOT, "configs", name)))
+    assert abs(ssd.num_trainable_params(model) - params) / params < 0.005
+    assert abs(ssd.conv_macs(model) - macs) / macs < 0.01
+
+
+def test_original_vgg16_ssd300_has_ssd_caffe_parameter_count():
+    # SSD300 VGG16 on VOC (conv4_3 L2Norm, fc6/fc7 atrous, biases): 26,285,486 parameters.
+    model = build(load(os.path.join(ROOT, "configs/ablations/table1_none_lr0.001.cfg")))
+    assert ssd.num_trainable_params(model) == 26_285_486
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+
+
+@pytest.mark.parametrize("bn, backbone_bn, head_bn", [
+    ("none", 0, 0), ("head", 0, 12), ("backbone", 23, 0), ("both", 23, 12)])
+def test_table1_switches_bn_in_backbone_and_head_independently(bn, backbone_bn, head_bn):
+    model = build(load(os.path.join(ROOT, f"configs/ablations/table1_{bn}_lr0.01.cfg")))
+    bns = [layer.name for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    # VGG16 body 13 convs + fc6, fc7 + 8 extra convs = 23; head: loc + conf on 6 levels = 12.
+    assert len([n for n in bns if not n.startswith("head_")]) == backbone_bn
+    assert len([n for n in bns if n.startswith("head_")]) == head_bn
+    assert any(layer.name == "conv4_3_norm" for layer in model.layers) == (backbone_bn == 0)
+
+
+def _root_convs(model):
+    return [layer for layer in model.layers if layer.name.startswith("root_conv") and
+            isinstance(layer, keras.layers.Conv2D)]
+
+
+@pytest.mark.parametrize("row, kernel, depth, stride", [
+    ("s2_7x7", 7, 1, 2), ("s2_3x3x3", 3, 3, 2), ("s1_7x7", 7, 1, 1), ("s1_3x3", 3, 1, 1), ("s1_3x3x5", 3, 5, 1)])
+def test_table2_rows_build_the_named_root(row, kernel, depth, stride):
+    model = build(load(os.path.join(ROOT, f"configs/ablations/table2_{row}.cfg")))
+    convs = _root_convs(model)
+    assert len(convs) == depth
+    assert convs[0].kernel.shape[:2] == (kernel, kernel) and convs[0].strides == (stride, stride)
+    assert all(c.strides == (1, 1) for c in convs[1:])
+    # The stride-2 root gives conv2_x at 75x75; the stride-1 root at 150x150.
+    conv2_out = model.get_layer("conv2_1_out").output.shape[1]
+    assert conv2_out == (75 if stride == 2 else 150)
+    assert ssd.feature_map_sizes(model) == PAPER_MAPS
+
+
+def test_resnet18a_removes_the_max_pool():
+    model = build(load(os.path.join(ROOT, "configs/ablations/fig3_resnet18a.cfg")))
+    assert not any(isinstance(layer, keras.layers.MaxPooling2D) for layer in model.layers)
+    assert model.get_layer("conv2_1_out").output.shape[1] == 150
+    assert ssd.feature_map_sizes(model) == PAPER_MAPS
+
+
+def test_forward_pass_shapes_and_float32_outputs_under_mixed_precision():
+    keras.backend.clear_session()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = ssd.build_model(tiny_cfg().model, tiny_cfg().anchors)
+        out = model(np.zeros((2, 64, 64, 3), np.float32), training=False)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    a = len(ssd.model_anchors(model, tiny_cfg().anchors, 64))
+    assert tuple(out["box_deltas"].shape) == (2, a, 4) and tuple(out["cls_logits"].shape) == (2, a, 3)
+    assert out["box_deltas"].dtype == "float32" and out["cls_logits"].dtype == "float32"
+
+
+def test_any_input_size_gives_matching_anchors():
+    for size in (96, 128, 200, 512):
+        cfg = config.replace(tiny_cfg(), model__image_size=size)
+        model = build(cfg)
+        assert model.output["cls_logits"].shape[1] == len(ssd.model_anchors(model, cfg.anchors, size))
+
+
+def test_stride2_conv_pads_symmetrically_like_caffe():
+    # A 3x3 stride-2 conv whose kernel picks the centre tap samples input[2i, 2j] with Caffe's
+    # pad 1; TF 'same' would sample input[2i+1, 2j+1] on this even-sized input.
+    keras.backend.clear_session()
+    x = keras.Input((6, 6, 1))
+    y = blocks.conv(x, 1, 3, stride=2, pad=1, name="c")
+    model = keras.Model(x, y)
+    kernel = np.zeros((3, 3, 1, 1), np.float32)
+    kernel[1, 1] = 1.0
+    model.get_layer("c").set_weights([kernel])
+    image = np.arange(36, dtype=np.float32).reshape(1, 6, 6, 1)
+    np.testing.assert_array_equal(model(image).numpy()[0, ..., 0], image[0, ::2, ::2, 0])
+
+
+def test_valid_3x3_to_1x1_extra_keeps_the_shortcut_on_the_window_centre():
+    keras.backend.clear_session()
+    x = keras.Input((3, 3, 1))
+    y = blocks.basic_block(x, 1, blocks.Norm(enabled=False), stride=2, valid=True, name="e")
+    model = keras.Model(x, y)
+    assert tuple(y.shape[1:]) == (1, 1, 1)
+    for layer in model.layers:  # silence the 3x3 branch, make the shortcut an identity
+        if isinstance(layer, keras.layers.Conv2D):
+            kernel = np.zeros(layer.kernel.shape, np.float32)
+            if layer.name == "e_short":
+                kernel[...] = 1.0
+            layer.set_weights([kernel, np.zeros(layer.bias.shape, np.float32)])
+    image = np.arange(9, dtype=np.float32).reshape(1, 3, 3, 1)
+    assert model(image).numpy().item() == 4.0  # the centre pixel
+
+
+def test_caffe_xavier_init_is_uniform_fan_in():
+    keras.backend.clear_session()
+    model = build(tiny_cfg())
+    kernel = model.get_layer("conv5_1_conv2").kernel.numpy()  # 3x3, 32 -> 32
+    limit = np.sqrt(3.0 / (3 * 3 * 32))
+    assert np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.9 * limit
+    assert model.get_layer("conv5_1_conv2").bias is None  # no conv bias before BN
+
+
+def test_model_summary_tool_reports_paper_numbers():
+    run = subprocess.run([sys.executable, "tools/model_summary.py", "--flagfile=configs/scratchdet300_r34_voc07.cfg"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert abs(result["params"] - 24.59e6) / 24.59e6 < 0.005
+    assert abs(result["macs"] - 33.30e9) / 33.30e9 < 0.01
+    assert result["feature_maps"] == [list(s) for s in PAPER_MAPS]
+    assert result["num_anchors"] == 8732
