@@ -1,0 +1,475 @@
+"""Detection metrics: PASCAL VOC AP (devkit rules, vectorized), COCO AP (pycocotools), tables, metrics.json.
+
+Box formats at this edge (everything else in the library is normalized [ymin, xmin, ymax, xmax]):
+- VOC: pixel [xmin, ymin, xmax, ymax] in the devkit's 1-based inclusive convention, as written in
+  Annotations/*.xml and comp4 files; a box's width is xmax - xmin + 1. A normalized box maps back with
+  pixel = normalized * size (x by the width, y by the height): the exact inverse of the tfds `voc` reader
+  (normalized = pixel / size), so ground truth round-trips through the data pipeline unchanged.
+- COCO: absolute [x, y, width, height] with x = xmin * image width (continuous coordinates, no +1).
+"""
+
+import contextlib
+import io
+import json
+import math
+import os
+
+import numpy as np
+
+COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+# The VOC2007 devkit loops `for t=0:0.1:1`. MATLAB builds a colon range symmetrically (a + k*d for the
+# first half, b - k*d for the second), so t(4) = 3*0.1 = 0.30000000000000004 but t(7) = 1 - 4*0.1 = 0.6 and
+# t(8) = 1 - 3*0.1 = 0.7 exactly. py-faster-rcnn's np.arange(0, 1.1, 0.1) has 0.6000000000000001 and
+# 0.7000000000000001 there, so it drops a recall of exactly 0.6 or 0.7; we follow the devkit.
+_VOC07_RECALL_THRESHOLDS = tuple([k * 0.1 for k in range(5)] + [0.5] + [1.0 - k * 0.1 for k in range(4, -1, -1)])
+
+
+def voc_ap(recall, precision, use_07_metric):
+    """Average precision from a precision/recall curve, as the VOC devkit computes it.
+
+    Args:
+      recall: float [K], non-decreasing (detections sorted by descending score).
+      precision: float [K].
+      use_07_metric: True for VOC2007's 11-point interpolated AP (mean over t in 0, 0.1, ..., 1 of the
+        best precision at recall >= t); False for VOC2010+'s area under the monotone precision envelope.
+
+    Returns:
+      The AP as a Python float.
+    """
+    recall = np.asarray(recall, np.float64)
+    precision = np.asarray(precision, np.float64)
+    if recall.ndim != 1 or recall.shape != precision.shape:
+        raise ValueError(f"recall {recall.shape} and precision {precision.shape} must be 1-D of equal length")
+    if use_07_metric:
+        ap = 0.0
+        for t in _VOC07_RECALL_THRESHOLDS:
+            ap += np.max(precision[recall >= t], initial=0.0) / 11.0  # summed in the devkit's order
+        return float(ap)
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mpre = np.concatenate([[0.0], precision, [0.0]])
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    i = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
+    return float(np.sum((mrec[i] - mrec[i - 1]) * mpre[i]))
+
+
+def normalized_to_voc_pixels(boxes, image_size):
+    """Normalized [ymin, xmin, ymax, xmax] [N, 4] + (height, width) -> float64 [N, 4] VOC pixel xyxy."""
+    boxes = _as_array(boxes, np.float64, (None, 4), "boxes")
+    height, width = _image_size(image_size)
+    return np.stack([boxes[:, 1] * width, boxes[:, 0] * height, boxes[:, 3] * width, boxes[:, 2] * height], 1)
+
+
+def voc_evaluate(detections, ground_truths, class_names, iou_threshold=0.5):
+    """Scores detections with the VOC devkit rules (VOCevaldet.m), both AP variants at once.
+
+    Per class, detections are ranked by descending score. Each one takes the ground truth box of its
+    image and class with the highest IoU (pixel IoU, widths xmax - xmin + 1). With IoU >= iou_threshold it
+    is a true positive if that box is not difficult and not yet taken, a false positive (duplicate) if it
+    is taken, and neither if it is difficult; otherwise it is a false positive. Difficult boxes do not
+    count as positives. Equal scores rank by image (ground_truths order), then by position in the image's
+    arrays: for comp4 files written in image-set order (ours, py-faster-rcnn's, SSD-Caffe's) that is the
+    devkit's file order, so ties give the devkit's numbers too. py-faster-rcnn's voc_eval.py differs from
+    the devkit in two places, where we follow the devkit: it needs IoU > 0.5, and its 11-point thresholds
+    miss a recall of exactly 0.6 or 0.7 (see _VOC07_RECALL_THRESHOLDS).
+
+    Args:
+      detections: {image_id: {"boxes": float [M, 4] VOC pixel xyxy, "scores": float [M],
+        "labels": int [M] in 0..C-1}}; images without detections may be left out.
+      ground_truths: {image_id: {"boxes": float [N, 4] VOC pixel xyxy, "labels": int [N] in 0..C-1,
+        "difficult": bool [N] (optional, default all False)}}; every evaluated image, boxes or not.
+      class_names: C names, in label order.
+      iou_threshold: minimum IoU of a true positive.
+
+    Returns:
+      {"mAP_07": float, "mAP_area": float, "per_class": {name: {"ap_07", "ap_area", "num_gt"}}}. A class
+      without non-difficult ground truth has recall 0/0: its APs are nan and it is left out of the means
+      (the devkit would report 0 or nan); mAP is nan when no class has ground truth. A class whose
+      detections all lie on difficult boxes gets AP 0, as in voc_eval.py (MATLAB's 0/0 would make it nan).
+
+    Raises:
+      ValueError: on detections for an image not in ground_truths, bad shapes, labels outside 0..C-1 or
+        non-finite scores.
+    """
+    num_classes = len(class_names)
+    image_index = {image_id: i for i, image_id in enumerate(ground_truths)}
+    unknown = [image_id for image_id in detections if image_id not in image_index]
+    if unknown:
+        raise ValueError(f"detections for {len(unknown)} image ids not in the ground truth, e.g. {unknown[:3]}")
+    gt_image, gt_boxes, gt_labels, gt_difficult = _flatten(
+        ground_truths, image_index, "ground_truths", [("labels", np.int64), ("difficult", bool)])
+    det_image, det_boxes, det_labels, det_scores = _flatten(
+        detections, image_index, "detections", [("labels", np.int64), ("scores", np.float64)])
+    for name, labels in (("ground truth", gt_labels), ("detection", det_labels)):
+        bad = labels[(labels < 0) | (labels >= num_classes)]
+        if bad.size:
+            raise ValueError(f"{name} labels must be in 0..{num_classes - 1}, got {np.unique(bad)[:5]}")
+    if not np.all(np.isfinite(det_scores)):
+        raise ValueError(f"non-finite detection scores, e.g. {det_scores[~np.isfinite(det_scores)][:3]}")
+
+    # Per class, by descending score, ties in input order (np.lexsort is stable).
+    order = np.lexsort((-det_scores, det_labels))
+    is_tp, is_fp = _match(det_image * num_classes + det_labels, det_boxes, order,
+                          gt_image * num_classes + gt_labels, gt_boxes, gt_difficult, iou_threshold)
+    # Ignored detections (on difficult boxes) only repeat the previous curve point (or give 0/0 before the
+    # first TP/FP, which MATLAB's max skips); dropping them changes neither AP.
+    order = order[(is_tp | is_fp)[order]]
+    bounds = np.searchsorted(det_labels[order], np.arange(num_classes + 1))
+    num_gt = np.bincount(gt_labels[~gt_difficult], minlength=num_classes)
+    per_class = {}
+    for c, name in enumerate(class_names):
+        tp = np.cumsum(is_tp[order[bounds[c]:bounds[c + 1]]], dtype=np.float64)
+        fp = np.cumsum(is_fp[order[bounds[c]:bounds[c + 1]]], dtype=np.float64)
+        if num_gt[c] == 0:
+            aps = (math.nan, math.nan)
+        else:
+            recall, precision = tp / num_gt[c], tp / (tp + fp)
+            aps = (voc_ap(recall, precision, True), voc_ap(recall, precision, False))
+        per_class[name] = {"ap_07": aps[0], "ap_area": aps[1], "num_gt": int(num_gt[c])}
+    return {"mAP_07": _nanmean([v["ap_07"] for v in per_class.values()]),
+            "mAP_area": _nanmean([v["ap_area"] for v in per_class.values()]),
+            "per_class": per_class}
+
+
+def _match(det_key, det_boxes, order, gt_key, gt_boxes, gt_difficult, iou_threshold):
+    """VOCevaldet's greedy matching, vectorized over all detections.
+
+    A detection's best box (max IoU, first one on ties) does not depend on earlier matches, so it is
+    computed for all (detection, same image-and-class box) pairs at once; the sequential part reduces to
+    "the first detection in `order` that claims a non-difficult box is its true positive".
+
+    Args: det_key int [M] (image index * C + label), det_boxes float [M, 4] pixel xyxy, order int [M]
+    (per class by descending score), gt_key int [G], gt_boxes float [G, 4], gt_difficult bool [G].
+
+    Returns:
+      (is_tp, is_fp): bool [M] each; detections on difficult boxes are neither.
+    """
+    num_dets = len(det_key)
+    gt_order = np.argsort(gt_key, kind="stable")  # keeps annotation order inside an image-class
+    sorted_keys = gt_key[gt_order]
+    starts = np.searchsorted(sorted_keys, det_key, "left")
+    counts = np.searchsorted(sorted_keys, det_key, "right") - starts
+    run_start = np.cumsum(counts) - counts  # first pair of each detection
+    num_pairs = int(counts.sum())
+    pair_det = np.repeat(np.arange(num_dets), counts)  # [P]
+    pair_gt = gt_order[np.repeat(starts - run_start, counts) + np.arange(num_pairs)]  # [P]
+    iou = _pixel_iou(det_boxes[pair_det], gt_boxes[pair_gt])  # [P], -inf without overlap
+
+    best_iou = np.full(num_dets, -np.inf)
+    best_gt = np.zeros(num_dets, np.int64)
+    has_pairs = counts > 0
+    if num_pairs:
+        seg = run_start[has_pairs]
+        best_iou[has_pairs] = np.maximum.reduceat(iou, seg)
+        pos = np.where(iou == best_iou[pair_det], np.arange(num_pairs), num_pairs)
+        best_gt[has_pairs] = pair_gt[np.minimum.reduceat(pos, seg)]
+    hit = best_iou >= iou_threshold
+    ignored = hit & gt_difficult[best_gt]
+    claims = order[(hit & ~ignored)[order]]
+    _, first = np.unique(best_gt[claims], return_index=True)  # first claim per box, in score order
+    is_tp = np.zeros(num_dets, bool)
+    is_tp[claims[first]] = True
+    return is_tp, ~is_tp & ~ignored
+
+
+def _pixel_iou(a, b):
+    """Elementwise IoU of pixel xyxy boxes a, b [P, 4] (inclusive, +1), in VOCevaldet's arithmetic order."""
+    iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]) + 1.0
+    ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]) + 1.0
+    inter = iw * ih
+    union = (a[:, 2] - a[:, 0] + 1.0) * (a[:, 3] - a[:, 1] + 1.0) + (b[:, 2] - b[:, 0] + 1.0) * (
+        b[:, 3] - b[:, 1] + 1.0) - inter
+    overlaps = (iw > 0) & (ih > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(overlaps, inter / np.where(overlaps, union, 1.0), -np.inf)
+
+
+class VocEvaluator:
+    """Collects per-image results during model evaluation and scores them with `voc_evaluate`."""
+
+    def __init__(self, class_names, iou_threshold=0.5):
+        """Args: class_names: C names in label order; iou_threshold: minimum IoU of a true positive."""
+        self.class_names = tuple(class_names)
+        self.iou_threshold = iou_threshold
+        self.ground_truths = {}  # image_id -> voc_evaluate ground truth (pixels), in add() order
+        self.detections = {}  # image_id -> voc_evaluate detections (pixels)
+
+    def add(self, image_id, gt_boxes, gt_labels, gt_difficult, det_boxes, det_scores, det_labels, image_size):
+        """Adds one image (unpadded arrays: slice padded outputs by their counts first); an id only once.
+
+        Args:
+          image_id: hashable id; written as-is into comp4 files.
+          gt_boxes: float [N, 4] normalized yxyx.  gt_labels: int [N] 0..C-1.  gt_difficult: bool [N].
+          det_boxes: float [M, 4] normalized yxyx.  det_scores: float [M].  det_labels: int [M] 0..C-1.
+          image_size: (height, width) of the original image in pixels.
+        """
+        if image_id in self.ground_truths:
+            raise ValueError(f"image {image_id!r} added twice")
+        self.ground_truths[image_id] = {"boxes": normalized_to_voc_pixels(gt_boxes, image_size),
+                                        "labels": np.asarray(gt_labels, np.int64),
+                                        "difficult": np.asarray(gt_difficult, bool)}
+        self.detections[image_id] = {"boxes": normalized_to_voc_pixels(det_boxes, image_size),
+                                     "scores": np.asarray(det_scores, np.float64),
+                                     "labels": np.asarray(det_labels, np.int64)}
+
+    def result(self):
+        """Returns voc_evaluate's dict: {"mAP_07", "mAP_area", "per_class": {name: {"ap_07", "ap_area", ...}}}."""
+        return voc_evaluate(self.detections, self.ground_truths, self.class_names, self.iou_threshold)
+
+
+def normalized_to_coco_xywh(boxes, image_size):
+    """Normalized [ymin, xmin, ymax, xmax] [N, 4] + (height, width) -> float64 [N, 4] absolute COCO xywh."""
+    boxes = _as_array(boxes, np.float64, (None, 4), "boxes")
+    height, width = _image_size(image_size)
+    x, y = boxes[:, 1] * width, boxes[:, 0] * height
+    return np.stack([x, y, boxes[:, 3] * width - x, boxes[:, 2] * height - y], 1)
+
+
+def coco_evaluate(coco_gt, records, image_ids=None):
+    """Runs pycocotools COCOeval (bbox) and names its 12 summary numbers.
+
+    Args:
+      coco_gt: a pycocotools `COCO` with the ground truth.
+      records: COCO results [{"image_id", "category_id", "bbox": [x, y, w, h], "score"}].
+      image_ids: ids to evaluate; None: every ground truth image (the official protocol).
+
+    Returns:
+      {name: float} for COCO_STAT_NAMES (-1 where the ground truth has no box of that size).
+    """
+    from pycocotools import cocoeval  # lazy: VOC users need not load pycocotools
+
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress and its own table
+        if records:
+            coco_dt = coco_gt.loadRes([dict(r) for r in records])  # loadRes writes into the dicts
+        else:  # loadRes fails on []; no detections must still score 0
+            coco_dt = _coco_api_from(dict(coco_gt.dataset, annotations=[]))
+        coco_eval = cocoeval.COCOeval(coco_gt, coco_dt, "bbox")
+        if image_ids is not None:
+            coco_eval.params.imgIds = sorted(image_ids)
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return {name: float(value) for name, value in zip(COCO_STAT_NAMES, coco_eval.stats)}
+
+
+def coco_evaluate_json(instances_json, results_json):
+    """Scores a COCO results JSON file against an instances JSON file, on all its images.
+
+    Raises:
+      FileNotFoundError / ValueError: naming the file that is missing, not JSON, or malformed.
+    """
+    coco_gt = load_coco_ground_truth(instances_json)
+    records = _read_json(results_json)
+    if not isinstance(records, list):
+        raise ValueError(f"{results_json}: expected a JSON list of results, got {type(records).__name__}")
+    known = set(coco_gt.getImgIds())
+    for i, r in enumerate(records):
+        if not (isinstance(r, dict) and {"image_id", "category_id", "bbox", "score"} <= set(r) and len(r["bbox"]) == 4):
+            raise ValueError(f"{results_json}: result {i} is not {{image_id, category_id, bbox[4], score}}: {r!s:.200}")
+        if r["image_id"] not in known:
+            raise ValueError(f"{results_json}: result {i} has image_id {r['image_id']!r}, not in {instances_json}")
+    return coco_evaluate(coco_gt, records)
+
+
+def load_coco_ground_truth(instances_json):
+    """Loads an instances JSON into a pycocotools `COCO`, naming the file on errors."""
+    dataset = _read_json(instances_json)
+    if not (isinstance(dataset, dict) and {"images", "annotations", "categories"} <= set(dataset)):
+        raise ValueError(f"{instances_json}: not a COCO instances file (needs images, annotations, categories)")
+    return _coco_api_from(dataset)
+
+
+class CocoEvaluator:
+    """Collects detections as COCO results and scores them with pycocotools, over the added images.
+
+    Ground truth comes from an instances JSON (use the official one: its areas and iscrowd flags count), or
+    else from the gt_boxes/gt_labels given to `add` (area = box area, iscrowd 0). Without any ground truth
+    (test-dev), `records` still gives the results to write with `write_coco_results`.
+    """
+
+    def __init__(self, category_ids=None, instances_json=None):
+        """Args:
+          category_ids: COCO category id of each label 0..C-1; default: the instances JSON's ids, sorted.
+          instances_json: path of the ground truth instances JSON, or None.
+        """
+        self._coco_gt = None if instances_json is None else load_coco_ground_truth(instances_json)
+        if category_ids is None:
+            if self._coco_gt is None:
+                raise ValueError("CocoEvaluator needs category_ids or instances_json")
+            category_ids = sorted(self._coco_gt.getCatIds())
+        self.category_ids = [int(c) for c in category_ids]
+        self.records, self._images, self._annotations, self._num_without_gt = [], {}, [], 0
+
+    def add(self, image_id, det_boxes, det_scores, det_labels, image_size, gt_boxes=None, gt_labels=None):
+        """Adds one image (unpadded arrays).
+
+        Args:
+          image_id: the COCO image id (int).
+          det_boxes: float [M, 4] normalized yxyx.  det_scores: float [M].  det_labels: int [M] in 0..C-1.
+          image_size: (height, width) of the original image in pixels.
+          gt_boxes: float [N, 4] normalized yxyx, only without an instances JSON.  gt_labels: int [N].
+        """
+        image_id = int(image_id)
+        if image_id in self._images:
+            raise ValueError(f"image {image_id} added twice")
+        if gt_boxes is not None and self._coco_gt is not None:
+            raise ValueError(f"image {image_id}: gt_boxes given, but the ground truth is the instances JSON")
+        height, width = _image_size(image_size)
+        det_xywh = normalized_to_coco_xywh(det_boxes, image_size)
+        det_scores = _as_array(det_scores, np.float64, (len(det_xywh),), f"image {image_id}: det_scores")
+        det_categories = self._category(det_labels, len(det_xywh), image_id)
+        if gt_boxes is not None:
+            gt_xywh = normalized_to_coco_xywh(gt_boxes, image_size)
+            gt_categories = self._category(gt_labels, len(gt_xywh), image_id)
+        # Checked above; from here on nothing fails halfway through an image.
+        self._images[image_id] = {"id": image_id, "height": height, "width": width}
+        for box, label, score in zip(det_xywh.tolist(), det_categories, det_scores.tolist()):
+            self.records.append({"image_id": image_id, "category_id": label, "bbox": box, "score": float(score)})
+        self._num_without_gt += gt_boxes is None
+        if gt_boxes is not None:
+            for box, label in zip(gt_xywh.tolist(), gt_categories):
+                self._annotations.append({"id": len(self._annotations) + 1, "image_id": image_id, "bbox": box,
+                                          "category_id": label, "area": box[2] * box[3], "iscrowd": 0})
+
+    def result(self):
+        """Returns the 12 COCO stats by name (COCO_STAT_NAMES) over the added images."""
+        coco_gt = self._coco_gt
+        if coco_gt is None:
+            if self._num_without_gt:
+                raise ValueError(f"{self._num_without_gt} images were added without gt_boxes and there is no "
+                                 "instances_json; write `records` with write_coco_results instead")
+            coco_gt = _coco_api_from({"images": list(self._images.values()), "annotations": self._annotations,
+                                      "categories": [{"id": c} for c in self.category_ids]})
+        missing = sorted(set(self._images) - set(coco_gt.getImgIds()))
+        if missing:
+            raise ValueError(f"{len(missing)} added image ids are not in the ground truth, e.g. {missing[:3]}")
+        return coco_evaluate(coco_gt, self.records, list(self._images))
+
+    def _category(self, labels, num_boxes, image_id):
+        labels = _as_array(labels, np.int64, (num_boxes,), f"image {image_id}: labels")
+        if labels.size and (labels.min() < 0 or labels.max() >= len(self.category_ids)):
+            raise ValueError(f"image {image_id}: labels must be in 0..{len(self.category_ids) - 1}, got {labels}")
+        return [self.category_ids[label] for label in labels]
+
+
+def write_coco_results(path, records):
+    """Writes COCO results [{"image_id", "category_id", "bbox", "score"}] as JSON (e.g. test-dev); returns path."""
+    _make_parent(path)
+    with open(path, "w") as f:
+        json.dump(records, f)
+    return path
+
+
+def _coco_api_from(dataset):
+    from pycocotools import coco as coco_api
+
+    coco = coco_api.COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def format_voc_table(result, use_07_metric=True, method="ours"):
+    """Formats a voc_evaluate result like the paper's Table 6: two lines, mAP then classes, x100, nan as "-"."""
+    key = "07" if use_07_metric else "area"
+    names = ["mAP"] + list(result["per_class"])
+    values = [result[f"mAP_{key}"]] + [v[f"ap_{key}"] for v in result["per_class"].values()]
+    return _format_row(method, names, values)
+
+
+def format_coco_table(stats, method="ours"):
+    """Formats the 12 COCO stats like the paper's Table 8: one row, x100, 1 decimal."""
+    return _format_row(method, list(COCO_STAT_NAMES), [stats[name] for name in COCO_STAT_NAMES])
+
+
+def metrics_to_json(metrics):
+    """One-line JSON of a metrics dict, with nan/inf written as null (strict JSON)."""
+    return json.dumps(_json_safe(metrics))
+
+
+def write_metrics_json(path, metrics):
+    """Writes a metrics dict to `path` (e.g. <model_dir>/metrics.json), nan as null; returns path."""
+    _make_parent(path)
+    with open(path, "w") as f:
+        json.dump(_json_safe(metrics), f, indent=2)
+        f.write("\n")
+    return path
+
+
+def _format_row(method, names, values):
+    cells = ["-" if v is None or math.isnan(v) else f"{100 * v:.1f}" for v in values]
+    widths = [max(len(n), len(c), 4) for n, c in zip(names, cells)]
+    first = max(len(method), len("Method"))
+    header = "Method".ljust(first) + "".join(f" {n:>{w}}" for n, w in zip(names, widths))
+    return header + "\n" + method.ljust(first) + "".join(f" {c:>{w}}" for c, w in zip(cells, widths))
+
+
+def _json_safe(obj):
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.integer, np.bool_)):
+        return obj.item()
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def _nanmean(values):
+    values = [v for v in values if not math.isnan(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def _as_array(value, dtype, shape, what):
+    """np.asarray(value, dtype) checked against shape (None = any size); [0] arrays may stand for [0, 4]."""
+    array = np.asarray(value, dtype)
+    if array.size == 0 and len(shape) == 2:
+        array = array.reshape(0, shape[1])
+    if array.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, array.shape)):
+        raise ValueError(f"{what}: expected shape {tuple('N' if s is None else s for s in shape)}, got {array.shape}")
+    return array
+
+
+def _image_size(image_size):
+    height, width = (int(v) for v in image_size)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image_size must be (height, width) > 0, got {image_size}")
+    return height, width
+
+
+def _flatten(per_image, image_index, what, fields):
+    """Concatenates per-image "boxes" [N, 4] and fields [N], ordered by image_index (ties' order).
+
+    Returns:
+      image index int [K], boxes float64 [K, 4], then one [K] array per (key, dtype) in fields; a missing
+      "difficult" is all False.
+    """
+    image_ids = sorted(per_image, key=image_index.__getitem__)
+    columns = [[], []] + [[] for _ in fields]
+    for image_id in image_ids:
+        boxes = _as_array(per_image[image_id]["boxes"], np.float64, (None, 4), f"{what}[{image_id!r}]['boxes']")
+        columns[0].append(np.full(len(boxes), image_index[image_id]))
+        columns[1].append(boxes)
+        for column, (key, dtype) in zip(columns[2:], fields):
+            value = per_image[image_id].get(key, np.zeros(len(boxes), bool) if key == "difficult" else None)
+            column.append(_as_array(value, dtype, (len(boxes),), f"{what}[{image_id!r}][{key!r}]"))
+    empty = [np.zeros(0, np.int64), np.zeros((0, 4))] + [np.zeros(0, dtype) for _, dtype in fields]
+    return [np.concatenate(c) if c else e for c, e in zip(columns, empty)]
+
+
+def _read_json(path):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from err
+
+
+def _make_parent(path):
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
