@@ -1,0 +1,281 @@
+"""Annotation files (VOC devkit XML, COCO JSON) parsed once, in Python, into per-image records.
+
+Records hold what tf.data needs to load and augment an image: its file path, a string id
+and the data-contract boxes (normalized [ymin, xmin, ymax, xmax] float32 in pixel-edge
+coordinates), labels 0..C-1 and difficult flags. Bad annotations are repaired or skipped
+here and logged in a ``ProblemLog`` that names the file; nothing bad reaches TensorFlow.
+
+Coordinate conventions:
+- VOC XML boxes are 1-based inclusive pixels, so pixel columns xmin..xmax cover the edges
+  [xmin - 1, xmax]: normalized ``[(ymin - 1) / H, (xmin - 1) / W, ymax / H, xmax / W]``.
+  (TFDS ``voc`` divides without the - 1, so its boxes sit one pixel lower/right on the
+  min side.)
+- COCO ``[x, y, w, h]`` is already in edge coordinates: ``[y / H, x / W, (y + h) / H, (x + w) / W]``.
+- COCO category ids map to labels 0..C-1 in increasing id order (``category_ids[label]``
+  is the id). Crowd boxes are dropped for training and kept as ``difficult`` for
+  evaluation, so that VOC-style scoring ignores them.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+import os
+from typing import Dict, List, Sequence, Tuple
+
+import defusedxml.ElementTree
+import numpy as np
+from PIL import Image
+
+# Boxes may stick out of the image by float slop; only more than this (pixels) is reported.
+_CLIP_TOLERANCE_PX = 1.0
+
+
+class ProblemLog:
+    """Bad-data events by kind, with the files they came from."""
+
+    def __init__(self):
+        self.files: Dict[str, List[str]] = collections.defaultdict(list)
+
+    def add(self, kind: str, file: str) -> None:
+        self.files[kind].append(file)
+
+    def extend(self, other: ProblemLog) -> None:
+        for kind, files in other.files.items():
+            self.files[kind].extend(files)
+
+    @property
+    def count(self) -> int:
+        return sum(len(files) for files in self.files.values())
+
+    def summary(self, max_files: int = 5) -> str:
+        """One line, e.g. ``2 x box outside the image, clipped (a.xml, b.xml)``; "" when clean."""
+        parts = []
+        for kind, files in sorted(self.files.items()):
+            more = f", +{len(files) - max_files} more" if len(files) > max_files else ""
+            shown = ", ".join(files[:max_files]) + more
+            parts.append(f"{len(files)} x {kind} ({shown})")
+        return "; ".join(parts)
+
+
+@dataclasses.dataclass
+class Records:
+    """Per-image annotation records of one source, index-aligned lists.
+
+    Attributes:
+      files: image paths.
+      image_ids: string ids (VOC file stem, COCO id in decimal).
+      boxes: float32 [N_i, 4] normalized yxyx per image.
+      labels: int32 [N_i].
+      difficult: bool [N_i].
+      class_names: C names in label order.
+      category_ids: COCO category id of each label; () for VOC.
+      problems: what was repaired or skipped.
+    """
+
+    files: List[str] = dataclasses.field(default_factory=list)
+    image_ids: List[str] = dataclasses.field(default_factory=list)
+    boxes: List[np.ndarray] = dataclasses.field(default_factory=list)
+    labels: List[np.ndarray] = dataclasses.field(default_factory=list)
+    difficult: List[np.ndarray] = dataclasses.field(default_factory=list)
+    class_names: Tuple[str, ...] = ()
+    category_ids: Tuple[int, ...] = ()
+    problems: ProblemLog = dataclasses.field(default_factory=ProblemLog)
+
+    def append(self, file, image_id, boxes, labels, difficult) -> None:
+        self.files.append(file)
+        self.image_ids.append(image_id)
+        self.boxes.append(np.asarray(boxes, np.float32).reshape(-1, 4))
+        self.labels.append(np.asarray(labels, np.int32).reshape(-1))
+        self.difficult.append(np.asarray(difficult, bool).reshape(-1))
+
+
+def normalize_pixel_box(xmin, ymin, xmax, ymax, height, width, file, problems):
+    """Clips a pixel-edge box to the image and normalizes it; None (logged) if it has no area.
+
+    Args:
+      xmin, ymin, xmax, ymax: edge coordinates in pixels.
+      height, width: image size in pixels.
+      file: named in the problem log.
+      problems: ``ProblemLog``.
+
+    Returns:
+      [ymin, xmin, ymax, xmax] normalized floats, or None.
+    """
+    values = (xmin, ymin, xmax, ymax)
+    if not all(math.isfinite(v) for v in values):
+        problems.add("non-finite box, dropped", file)
+        return None
+    cx0, cy0 = min(max(xmin, 0.0), width), min(max(ymin, 0.0), height)
+    cx1, cy1 = min(max(xmax, 0.0), width), min(max(ymax, 0.0), height)
+    if cx1 <= cx0 or cy1 <= cy0:
+        problems.add("box with no area inside the image, dropped", file)
+        return None
+    if max(abs(cx0 - xmin), abs(cy0 - ymin), abs(cx1 - xmax), abs(cy1 - ymax)) > _CLIP_TOLERANCE_PX:
+        problems.add("box outside the image, clipped", file)
+    return [cy0 / height, cx0 / width, cy1 / height, cx1 / width]
+
+
+def image_size(path: str) -> Tuple[int, int]:
+    """(height, width) from the image header only (PIL reads no pixels here)."""
+    with Image.open(path) as image:
+        return image.height, image.width
+
+
+def read_voc(devkit_dir: str, image_set: str, class_names: Sequence[str]) -> Records:
+    """Reads ``<devkit_dir>/ImageSets/Main/<image_set>.txt`` and the XML of every listed image.
+
+    Objects of other classes, malformed boxes and images whose XML or JPEG is missing or
+    unreadable are skipped and logged. XML goes through defusedxml, which rejects entity
+    declarations (billion laughs, external entities) instead of expanding them.
+
+    Args:
+      devkit_dir: e.g. ``VOCdevkit/VOC2007`` (JPEGImages, Annotations, ImageSets/Main).
+      image_set: e.g. ``trainval``.
+      class_names: the C class names in label order.
+
+    Returns:
+      ``Records``.
+
+    Raises:
+      FileNotFoundError: naming a missing devkit folder or image-set file.
+    """
+    list_path = os.path.join(devkit_dir, "ImageSets", "Main", f"{image_set}.txt")
+    if not os.path.isfile(list_path):
+        raise FileNotFoundError(f"no such VOC image set file: {list_path}")
+    with open(list_path) as f:
+        ids = [line.split()[0] for line in f if line.strip()]
+    jpeg_dir = os.path.join(devkit_dir, "JPEGImages")
+    present = set(os.listdir(jpeg_dir)) if os.path.isdir(jpeg_dir) else set()
+    label_of = {name: i for i, name in enumerate(class_names)}
+    records = Records(class_names=tuple(class_names))
+    for image_id in ids:
+        xml_path = os.path.join(devkit_dir, "Annotations", f"{image_id}.xml")
+        jpeg_path = os.path.join(jpeg_dir, f"{image_id}.jpg")
+        if f"{image_id}.jpg" not in present:
+            records.problems.add("missing image, skipped", jpeg_path)
+            continue
+        if not os.path.isfile(xml_path):
+            records.problems.add("missing annotation file, image skipped", xml_path)
+            continue
+        try:
+            root = defusedxml.ElementTree.parse(xml_path).getroot()
+        except Exception as err:  # ParseError, EntitiesForbidden, DTDForbidden, ...
+            records.problems.add(f"unreadable annotation ({type(err).__name__}), image skipped", xml_path)
+            continue
+        try:
+            height, width = int(float(root.findtext("size/height"))), int(float(root.findtext("size/width")))
+            if height <= 0 or width <= 0:
+                raise ValueError
+        except (TypeError, ValueError):
+            try:
+                height, width = image_size(jpeg_path)
+            except Exception:  # noqa: BLE001 - any unreadable header means a bad image
+                records.problems.add("no image size in XML or JPEG header, image skipped", xml_path)
+                continue
+        boxes, labels, difficult = [], [], []
+        for obj in root.iter("object"):
+            name = (obj.findtext("name") or "").strip().lower()
+            if name not in label_of:
+                records.problems.add(f"unknown class {name!r}, object skipped", xml_path)
+                continue
+            try:
+                xmin, ymin, xmax, ymax = (float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax"))
+            except (TypeError, ValueError):
+                records.problems.add("malformed bndbox, object skipped", xml_path)
+                continue
+            box = normalize_pixel_box(xmin - 1.0, ymin - 1.0, xmax, ymax, height, width, xml_path, records.problems)
+            if box is None:
+                continue
+            boxes.append(box)
+            labels.append(label_of[name])
+            difficult.append((obj.findtext("difficult") or "0").strip() == "1")
+        records.append(jpeg_path, image_id, boxes, labels, difficult)
+    return records
+
+
+def read_coco(json_path: str, image_dir: str, training: bool) -> Records:
+    """Reads a COCO ``instances`` JSON.
+
+    Args:
+      json_path: the annotation file.
+      image_dir: folder holding the ``file_name`` of every image.
+      training: drop crowd boxes (True) or keep them as difficult (False).
+
+    Returns:
+      ``Records`` with ``category_ids``.
+
+    Raises:
+      FileNotFoundError: naming a missing JSON file or image folder.
+      ValueError: naming a JSON file that cannot be parsed or has no categories.
+    """
+    if not os.path.isfile(json_path):
+        raise FileNotFoundError(f"no such COCO annotation file: {json_path}")
+    if not os.path.isdir(image_dir):
+        raise FileNotFoundError(f"no such COCO image folder: {image_dir}")
+    try:
+        with open(json_path) as f:
+            data = json.load(f)
+        categories = sorted(data["categories"], key=lambda c: c["id"])
+        images = data["images"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{json_path}: not a COCO instances file ({type(err).__name__}: {err})") from err
+    if not categories:
+        raise ValueError(f"{json_path}: no categories")
+    label_of = {int(c["id"]): i for i, c in enumerate(categories)}
+    records = Records(class_names=tuple(str(c["name"]) for c in categories),
+                      category_ids=tuple(int(c["id"]) for c in categories))
+    by_image = collections.defaultdict(list)
+    known_ids = {img.get("id") for img in images}
+    for ann in data.get("annotations", []):
+        if ann.get("image_id") in known_ids:
+            by_image[ann["image_id"]].append(ann)
+        else:
+            records.problems.add("annotation of an unknown image, skipped",
+                                 f"{json_path} (annotation {ann.get('id')}, image {ann.get('image_id')})")
+    present = set(os.listdir(image_dir))
+    for img in images:
+        file_name = str(img.get("file_name", ""))
+        path = os.path.join(image_dir, file_name)
+        if file_name not in present:
+            records.problems.add("missing image, skipped", path)
+            continue
+        height, width = int(img.get("height") or 0), int(img.get("width") or 0)
+        if height <= 0 or width <= 0:
+            try:
+                height, width = image_size(path)
+            except Exception:  # noqa: BLE001 - any unreadable header means a bad image
+                records.problems.add("no image size in JSON or image header, skipped", path)
+                continue
+        boxes, labels, difficult = [], [], []
+        for ann in by_image[img["id"]]:
+            crowd = bool(ann.get("iscrowd", 0))
+            if crowd and training:
+                continue
+            if ann.get("category_id") not in label_of:
+                records.problems.add(f"unknown category {ann.get('category_id')}, box skipped", path)
+                continue
+            try:
+                x, y, w, h = (float(v) for v in ann["bbox"])
+            except (KeyError, TypeError, ValueError):
+                records.problems.add("malformed bbox, box skipped", path)
+                continue
+            box = normalize_pixel_box(x, y, x + w, y + h, height, width, path, records.problems)
+            if box is None:
+                continue
+            boxes.append(box)
+            labels.append(label_of[ann["category_id"]])
+            difficult.append(crowd)
+        records.append(path, str(img["id"]), boxes, labels, difficult)
+    return records
+
+
+def coco_class_names(json_path: str) -> Tuple[Tuple[str, ...], Tuple[int, ...]]:
+    """(class names, category ids) of a COCO JSON, in label order, without building records."""
+    if not os.path.isfile(json_path):
+        raise FileNotFoundError(f"no such COCO annotation file: {json_path}")
+    with open(json_path) as f:
+        categories = sorted(json.load(f)["categories"], key=lambda c: c["id"])
+    return tuple(str(c["name"]) for c in categories), tuple(int(c["id"]) for c in categories)

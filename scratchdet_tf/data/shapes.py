@@ -1,0 +1,179 @@
+"""The built-in synthetic detection dataset: coloured shapes on textured, noisy backgrounds.
+
+``write_split`` writes one COCO-format split (``instances.json`` + JPEGs) that the COCO
+reader reads like any other COCO directory. Everything is drawn with numpy + PIL and is
+deterministic: image ``i`` of split ``s`` depends only on ``(seed, s, i)``.
+
+Each image is 160-400 px per side and never square; it holds 1-6 objects of 5 classes
+(circle, square, triangle, cross, ring) whose sides are 5-60 % of the image's shorter
+side. Objects overlap only partially: IoU <= 0.3 with every earlier object, and a later
+object (drawn on top) covers at most half of an earlier object's box. Each ``bbox`` is
+the tight box of the object's own drawn mask (full extent, occlusion ignored) in
+pixel-edge coordinates: ``[x, y, w, h]`` with ``x = first column``,
+``w = last column + 1 - x``. ``area`` is the mask's pixel count (COCO's segment-area
+meaning), ``iscrowd`` is 0. Category ids are 1..5.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+CLASS_NAMES = ("circle", "square", "triangle", "cross", "ring")
+MIN_SIDE, MAX_SIDE = 160, 400
+MAX_OBJECTS = 6
+_SPLIT_IDS = {"train": 0, "val": 1}
+
+
+def write_split(out_dir: str, split: str, num_images: int, seed: int = 0, jpeg_quality: int = 90) -> str:
+    """Draws ``num_images`` images into ``out_dir/split`` and writes its ``instances.json``.
+
+    Args:
+      out_dir: dataset root; ``out_dir/split/`` is created.
+      split: ``"train"`` or ``"val"`` (selects an independent random stream).
+      num_images: images to write.
+      seed: dataset seed.
+      jpeg_quality: PIL JPEG quality.
+
+    Returns:
+      The path of the written ``instances.json``.
+    """
+    if split not in _SPLIT_IDS:
+        raise ValueError(f"split {split!r} is not one of {sorted(_SPLIT_IDS)}")
+    split_dir = os.path.join(out_dir, split)
+    os.makedirs(split_dir, exist_ok=True)
+    images, annotations = [], []
+    for index in range(num_images):
+        rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
+        pixels, objects = draw_image(rng)
+        file_name = f"{index + 1:06d}.jpg"
+        Image.fromarray(pixels).save(os.path.join(split_dir, file_name), quality=jpeg_quality)
+        height, width = pixels.shape[:2]
+        images.append({"id": index + 1, "file_name": file_name, "width": width, "height": height})
+        for label, (x, y, w, h), area in objects:
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": index + 1, "category_id": label + 1,
+                "bbox": [x, y, w, h], "area": area, "iscrowd": 0,
+            })
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASS_NAMES)]
+    path = os.path.join(split_dir, "instances.json")
+    with open(path, "w") as f:
+        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+    return path
+
+
+def draw_image(rng: np.random.Generator, noise: bool = True
+               ) -> Tuple[np.ndarray, List[Tuple[int, Tuple[int, int, int, int], int]]]:
+    """Draws one image.
+
+    Args:
+      rng: the image's random generator.
+      noise: add the final Gaussian pixel noise (tests turn it off to see exact colours).
+
+    Returns:
+      (pixels uint8 [H, W, 3], objects) where each object is
+      ``(label 0..4, (x, y, w, h) tight pixel box, mask area)``.
+    """
+    height, width = rng.integers(MIN_SIDE, MAX_SIDE + 1, size=2)
+    if height == width:
+        width = width - 17 if width > MIN_SIDE + 20 else width + 17
+    image = _background(rng, height, width)
+    placed: List[Tuple[int, Tuple[int, int, int, int], int]] = []
+    short = min(height, width)
+    for _ in range(rng.integers(1, MAX_OBJECTS + 1)):
+        for _attempt in range(20):
+            label = int(rng.integers(len(CLASS_NAMES)))
+            side = int(round(rng.uniform(0.05, 0.6) * short))
+            aspect = rng.uniform(0.7, 1.4) if label == 2 else 1.0  # triangles vary in aspect
+            h, w = max(8, side), max(8, int(round(side * aspect)))
+            w = min(w, width)
+            y0, x0 = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+            mask = _shape_mask(rng, label, h, w)
+            ys, xs = np.nonzero(mask)
+            box = (x0 + int(xs.min()), y0 + int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
+            if all(_overlap_ok(box, other) for _, other, _ in placed):
+                break
+        else:
+            continue
+        region = image[y0:y0 + h, x0:x0 + w]
+        region[mask] = _object_colour(rng, region[mask].mean(axis=0))
+        placed.append((label, box, int(mask.sum())))
+    if noise:
+        image = image + rng.normal(0.0, rng.uniform(3.0, 12.0), size=image.shape).astype(np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8), placed
+
+
+def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Float32 [H, W, 3] texture: a colour gradient plus random stripes, checks or plaid."""
+    yy = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
+    xx = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :, None]
+    c0, c1, c2 = (rng.uniform(30, 225, size=3).astype(np.float32) for _ in range(3))
+    image = c0 + (c1 - c0) * yy + (c2 - c0) * xx * 0.5
+    angle = rng.uniform(0, np.pi)
+    freq = rng.uniform(4, 30)
+    short = min(height, width)
+    phase = (np.cos(angle) * yy[..., 0] * height + np.sin(angle) * xx[..., 0] * width) / short
+    kind = rng.integers(3)
+    if kind == 0:
+        texture = np.sin(2 * np.pi * freq * phase)
+    elif kind == 1:
+        texture = np.sign(np.sin(2 * np.pi * freq * yy[..., 0]) * np.sin(2 * np.pi * freq * xx[..., 0]))
+    else:
+        texture = np.sin(2 * np.pi * freq * phase) * np.sin(2 * np.pi * freq * 0.7 * xx[..., 0])
+    image = image + rng.uniform(5, 35) * texture[..., None]
+    return np.clip(image, 0, 255)
+
+
+def _shape_mask(rng: np.random.Generator, label: int, h: int, w: int) -> np.ndarray:
+    """Bool [h, w] mask of one shape drawn (without anti-aliasing) to fill an h x w box."""
+    canvas = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(canvas)
+    name = CLASS_NAMES[label]
+    if name == "circle":
+        draw.ellipse([0, 0, w - 1, h - 1], fill=1)
+    elif name == "square":
+        draw.rectangle([0, 0, w - 1, h - 1], fill=1)
+    elif name == "triangle":
+        if rng.random() < 0.5:
+            draw.polygon([(w / 2, 0), (0, h - 1), (w - 1, h - 1)], fill=1)
+        else:
+            draw.polygon([(0, 0), (w - 1, 0), (w / 2, h - 1)], fill=1)
+    elif name == "cross":
+        t = max(2, int(round(min(h, w) * rng.uniform(0.2, 0.4))))
+        draw.rectangle([(w - t) // 2, 0, (w - t) // 2 + t - 1, h - 1], fill=1)
+        draw.rectangle([0, (h - t) // 2, w - 1, (h - t) // 2 + t - 1], fill=1)
+    else:  # ring
+        draw.ellipse([0, 0, w - 1, h - 1], fill=1)
+        inset = max(2, int(round(min(h, w) * rng.uniform(0.15, 0.3))))
+        draw.ellipse([inset, inset, w - 1 - inset, h - 1 - inset], fill=0)
+    return np.asarray(canvas, dtype=bool)
+
+
+def _object_colour(rng: np.random.Generator, background_mean: np.ndarray) -> np.ndarray:
+    """A random RGB colour at least ~80 away (L2) from the local background mean."""
+    for _ in range(10):
+        colour = rng.uniform(0, 255, size=3)
+        if np.linalg.norm(colour - background_mean) > 80:
+            break
+    return colour.astype(np.float32)
+
+
+def _overlap_ok(new: Tuple[int, int, int, int], old: Tuple[int, int, int, int]) -> bool:
+    """Partial overlap only: IoU <= 0.3 and the new (upper) box covers <= half of the old one."""
+    iw = max(0, min(new[0] + new[2], old[0] + old[2]) - max(new[0], old[0]))
+    ih = max(0, min(new[1] + new[3], old[1] + old[3]) - max(new[1], old[1]))
+    inter = iw * ih
+    old_area = old[2] * old[3]
+    return inter <= 0.3 * (new[2] * new[3] + old_area - inter) and inter <= 0.5 * old_area
+
+
+def write_dataset(out_dir: str, num_train: int = 2000, num_val: int = 300, seed: int = 0) -> Dict[str, str]:
+    """Writes ``out_dir/train`` and ``out_dir/val``; returns {split: instances.json path}."""
+    return {
+        "train": write_split(out_dir, "train", num_train, seed),
+        "val": write_split(out_dir, "val", num_val, seed),
+    }

@@ -1,0 +1,263 @@
+"""Tests for the URI readers: VOC devkit, COCO JSON, shapes, TFDS (mocked), joins and bad data."""
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from scratchdet_tf.data import annotations, images, readers
+
+VOC_XML = """<annotation><size><width>{w}</width><height>{h}</height><depth>3</depth></size>{objects}</annotation>"""
+VOC_OBJECT = ("<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{x0}</xmin>"
+              "<ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>")
+BILLION_LAUGHS = """<?xml version="1.0"?>
+<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
+<!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">]>
+<annotation><size><width>&lol4;</width><height>8</height></size></annotation>"""
+EXTERNAL_ENTITY = """<?xml version="1.0"?>
+<!DOCTYPE a [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
+<annotation><size><width>8</width><height>8</height></size><object><name>&xxe;</name></object></annotation>"""
+
+
+def write_jpeg(path, height, width, colour=(90, 120, 150)):
+    Image.fromarray(np.full((height, width, 3), colour, np.uint8)).save(path, quality=95)
+
+
+def write_voc(root, entries, image_set="trainval"):
+    """entries: {image_id: xml text or None (no XML)}; every image is a 20x40 JPEG."""
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    for image_id, xml in entries.items():
+        write_jpeg(os.path.join(root, "JPEGImages", f"{image_id}.jpg"), 20, 40)
+        if xml is not None:
+            with open(os.path.join(root, "Annotations", f"{image_id}.xml"), "w") as f:
+                f.write(xml)
+    with open(os.path.join(root, "ImageSets", "Main", f"{image_set}.txt"), "w") as f:
+        f.write("\n".join(entries) + "\n")
+    return str(root)
+
+
+def voc_xml(*objects, w=40, h=20):
+    return VOC_XML.format(w=w, h=h, objects="".join(VOC_OBJECT.format(**o) for o in objects))
+
+
+def write_coco(root, images, anns, categories=((3, "cat"), (7, "dog"), (11, "emu"))):
+    """images: [(id, file_name, h, w)]; anns: [(image_id, category_id, [x, y, w, h], iscrowd)]."""
+    os.makedirs(os.path.join(root, "img"), exist_ok=True)
+    for _, name, h, w in images:
+        write_jpeg(os.path.join(root, "img", name), h, w)
+    data = {"images": [{"id": i, "file_name": n, "height": h, "width": w} for i, n, h, w in images],
+            "annotations": [{"id": k, "image_id": i, "category_id": c, "bbox": b, "iscrowd": crowd, "area": 1}
+                            for k, (i, c, b, crowd) in enumerate(anns)],
+            "categories": [{"id": i, "name": n} for i, n in categories]}
+    path = os.path.join(root, "instances.json")
+    with open(path, "w") as f:
+        json.dump(data, f)
+    return path, os.path.join(root, "img")
+
+
+def as_list(ds):
+    return list(ds.as_numpy_iterator())
+
+
+def test_split_sources_splits_only_before_a_scheme():
+    assert readers.split_sources("voc:/a/VOC2007:trainval+voc:/b/VOC2012:trainval") == [
+        "voc:/a/VOC2007:trainval", "voc:/b/VOC2012:trainval"]
+    assert readers.split_sources("tfds:voc/2007:train+validation+tfds:voc/2012:train[:10%]") == [
+        "tfds:voc/2007:train+validation", "tfds:voc/2012:train[:10%]"]
+    with pytest.raises(ValueError, match="ftp:x"):
+        readers.split_sources("ftp:x+voc:/a:trainval")
+
+
+def test_voc_boxes_are_normalized_edges_with_difficult_and_string_ids(tmp_path):
+    root = write_voc(tmp_path / "VOC2007", {
+        "000005": voc_xml(dict(name="dog", difficult=0, x0=1, y0=1, x1=40, y1=20),
+                          dict(name="Person", difficult=1, x0=11, y0=6, x1=20, y1=15)),
+        "000007": voc_xml()})
+    ds, info = readers.read(f"voc:{root}:trainval")
+    examples = as_list(ds)
+    assert info.num_classes == 20 and info.category_ids == () and info.num_examples == 2
+    assert [e["image_id"] for e in examples] == [b"000005", b"000007"]
+    first = examples[0]
+    assert first["image"].shape == (20, 40, 3) and first["image"].dtype == np.uint8
+    # 1-based inclusive pixels: columns 11..20 cover edges [10, 20] of a 40-wide image.
+    np.testing.assert_allclose(first["boxes"], [[0, 0, 1, 1], [5 / 20, 10 / 40, 15 / 20, 20 / 40]], atol=1e-6)
+    np.testing.assert_array_equal(first["labels"], [info.class_names.index("dog"), info.class_names.index("person")])
+    np.testing.assert_array_equal(first["difficult"], [False, True])
+    assert examples[1]["boxes"].shape == (0, 4)
+
+
+def test_voc_bad_annotations_are_repaired_or_skipped_and_named(tmp_path):
+    root = write_voc(tmp_path / "VOC", {
+        "a": voc_xml(dict(name="cat", difficult=0, x0=-5, y0=3, x1=60, y1=10),    # clipped
+                     dict(name="unicorn", difficult=0, x0=1, y0=1, x1=5, y1=5),   # unknown class
+                     dict(name="cat", difficult=0, x0=50, y0=3, x1=70, y1=10)),   # no area inside
+        "b": None,  # missing XML
+        "c": BILLION_LAUGHS,
+        "d": EXTERNAL_ENTITY,
+        "e": "<annotation><size>",  # truncated XML
+    })
+    start = time.perf_counter()
+    records = annotations.read_voc(root, "trainval", ("cat", "dog"))
+    assert time.perf_counter() - start < 5  # entities are rejected, not expanded
+    assert records.image_ids == ["a"]
+    np.testing.assert_allclose(records.boxes[0], [[2 / 20, 0, 10 / 20, 1]], atol=1e-6)
+    files = records.problems.files
+    assert files["box outside the image, clipped"] == [os.path.join(root, "Annotations", "a.xml")]
+    assert len(files["box with no area inside the image, dropped"]) == 1
+    assert files["unknown class 'unicorn', object skipped"] == [os.path.join(root, "Annotations", "a.xml")]
+    assert files["missing annotation file, image skipped"] == [os.path.join(root, "Annotations", "b.xml")]
+    rejected = [f for kind, fs in files.items() if kind.startswith("unreadable annotation") for f in fs]
+    assert sorted(os.path.basename(f) for f in rejected) == ["c.xml", "d.xml", "e.xml"]
+    assert records.problems.count == 7 and "a.xml" in records.problems.summary()
+
+
+def test_missing_image_set_file_raises_naming_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="test.txt"):
+        readers.read(f"voc:{tmp_path}:test")
+
+
+def test_coco_maps_sparse_category_ids_and_handles_crowd(tmp_path):
+    path, image_dir = write_coco(tmp_path, [(42, "x.jpg", 20, 40), (7, "y.jpg", 10, 10)], [
+        (42, 11, [4, 2, 8, 10], 0), (42, 3, [0, 0, 40, 20], 1), (7, 7, [0, 0, 5, 5], 0)])
+    uri = f"coco:{path}:{image_dir}"
+    train, info = readers.read(uri, training=True)
+    assert info.class_names == ("cat", "dog", "emu") and info.category_ids == (3, 7, 11)
+    assert [info.label_of(i) for i in (3, 7, 11)] == [0, 1, 2]
+    examples = {e["image_id"]: e for e in as_list(train)}
+    assert set(examples) == {b"42", b"7"}
+    np.testing.assert_allclose(examples[b"42"]["boxes"], [[0.1, 0.1, 0.6, 0.3]], atol=1e-6)
+    np.testing.assert_array_equal(examples[b"42"]["labels"], [2])
+    np.testing.assert_array_equal(examples[b"7"]["labels"], [1])
+    evaluation = {e["image_id"]: e for e in as_list(readers.read(uri, training=False)[0])}
+    np.testing.assert_array_equal(evaluation[b"42"]["labels"], [2, 0])
+    np.testing.assert_array_equal(evaluation[b"42"]["difficult"], [False, True])  # crowd: ignored in eval
+
+
+def test_coco_unknown_category_and_missing_image_are_counted(tmp_path):
+    path, image_dir = write_coco(tmp_path, [(1, "x.jpg", 20, 40)], [(1, 99, [1, 1, 5, 5], 0), (1, 3, [1, 1, 0, 5], 0)])
+    data = json.load(open(path))
+    data["images"].append({"id": 2, "file_name": "gone.jpg", "height": 5, "width": 5})
+    json.dump(data, open(path, "w"))
+    records = annotations.read_coco(path, image_dir, training=True)
+    assert records.image_ids == ["1"] and records.boxes[0].shape == (0, 4)
+    kinds = records.problems.files
+    assert kinds["unknown category 99, box skipped"] == [os.path.join(image_dir, "x.jpg")]
+    assert kinds["box with no area inside the image, dropped"] == [os.path.join(image_dir, "x.jpg")]
+    assert kinds["missing image, skipped"] == [os.path.join(image_dir, "gone.jpg")]
+
+
+def test_shapes_split_follows_training_flag_or_suffix(tmp_path):
+    for split, n in (("train", 2), ("val", 1)):
+        os.makedirs(tmp_path / split)
+        write_coco(tmp_path / split, [(i + 1, f"{i}.jpg", 8, 8) for i in range(n)], [], categories=((1, "circle"),))
+        os.replace(tmp_path / split / "img", tmp_path / split / "tmp")
+        for name in os.listdir(tmp_path / split / "tmp"):
+            os.replace(tmp_path / split / "tmp" / name, tmp_path / split / name)
+    assert readers.read(f"shapes:{tmp_path}", training=True)[1].num_examples == 2
+    assert readers.read(f"shapes:{tmp_path}", training=False)[1].num_examples == 1
+    assert readers.read(f"shapes:{tmp_path}:val", training=True)[1].num_examples == 1
+    joined, info = readers.read(f"shapes:{tmp_path}:train+shapes:{tmp_path}:val", training=False)
+    assert info.num_examples == 3 and len(as_list(joined)) == 3
+    assert readers.source_info(f"shapes:{tmp_path}").class_names == ("circle",)
+
+
+def test_joined_sources_with_different_classes_raise(tmp_path):
+    a = write_coco(tmp_path / "a", [(1, "x.jpg", 8, 8)], [])
+    b = write_coco(tmp_path / "b", [(1, "x.jpg", 8, 8)], [], categories=((1, "cat"),))
+    with pytest.raises(ValueError, match="disagree on classes"):
+        readers.read(f"coco:{a[0]}:{a[1]}+coco:{b[0]}:{b[1]}")
+
+
+def test_undecodable_and_truncated_images_are_skipped_and_reported(tmp_path, capfd):
+    path, image_dir = write_coco(tmp_path, [(1, "good.jpg", 20, 40), (2, "text.jpg", 20, 40),
+                                            (3, "cut.jpg", 20, 40), (4, "good.png", 6, 6)], [])
+    with open(os.path.join(image_dir, "text.jpg"), "w") as f:
+        f.write("not an image")
+    data = open(os.path.join(image_dir, "cut.jpg"), "rb").read()
+    with open(os.path.join(image_dir, "cut.jpg"), "wb") as f:
+        f.write(data[: len(data) // 2])
+    Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(os.path.join(image_dir, "good.png"))
+    ds, _ = readers.read(f"coco:{path}:{image_dir}")
+    assert sorted(e["image_id"] for e in as_list(ds)) == [b"1", b"4"]
+    err = capfd.readouterr().err
+    assert "skipped 2 unreadable/truncated images" in err and "text.jpg" in err and "cut.jpg" in err
+
+
+def test_is_valid_image_accepts_complete_files_only_eagerly_and_in_map():
+    pixels = np.zeros((4, 5, 3), np.uint8)
+    jpeg, png = tf.io.encode_jpeg(pixels).numpy(), tf.io.encode_png(pixels).numpy()
+    cases = {jpeg: True, png: True, jpeg + b"\0" * 100: True, jpeg[:-2]: False, png[:-12]: False,
+             b"": False, b"hello": False}
+    for data, valid in cases.items():
+        assert bool(images.is_valid_image(tf.constant(data))) == valid
+        assert next(iter(tf.data.Dataset.from_tensors(data).map(images.is_valid_image))).numpy() == valid
+    decoded = tf.data.Dataset.from_tensors(png).map(images.decode)
+    assert next(iter(decoded)).shape == (4, 5, 3)
+
+
+def _tfds_images(n, seed):
+    rng = np.random.default_rng(seed)
+    return [tf.io.encode_jpeg(rng.integers(0, 255, (16, 24, 3), dtype=np.uint8)).numpy() for _ in range(n)]
+
+
+def test_tfds_voc_mock_repairs_unordered_boxes():
+    def as_dataset(self, split, **kwargs):
+        del self, split, kwargs
+        return tf.data.Dataset.from_tensors({
+            "image": _tfds_images(1, 0)[0], "image/filename": "000009.jpg",
+            "objects": {"bbox": [[0.7, 0.5, 0.1, 0.2], [0.2, 0.2, 0.2, 0.9]], "label": [3, 14],
+                        "is_difficult": [True, False], "is_truncated": [False, False], "pose": [0, 0]}})
+
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+        ds, info = readers.read("tfds:voc/2007:train+validation", tfds_data_dir="/nonexistent")
+        (example,) = as_list(ds)
+    assert info.class_names[14] == "person"
+    assert example["image_id"] == b"000009" and example["image"].shape == (16, 24, 3)
+    np.testing.assert_allclose(example["boxes"], [[0.1, 0.2, 0.7, 0.5]])  # sorted; the empty box dropped
+    np.testing.assert_array_equal(example["labels"], [3])
+    np.testing.assert_array_equal(example["difficult"], [True])
+
+
+def test_tfds_and_devkit_sources_join_into_one_dataset(tmp_path):
+    root = write_voc(tmp_path / "VOC2012", {"a": voc_xml(dict(name="cat", difficult=0, x0=1, y0=1, x1=9, y1=9)),
+                                            "b": voc_xml()})
+
+    def as_dataset(self, split, **kwargs):
+        del self, split, kwargs
+        return tf.data.Dataset.from_tensors({
+            "image": _tfds_images(1, 2)[0], "image/filename": "000001.jpg",
+            "objects": {"bbox": [[0.1, 0.1, 0.5, 0.5]], "label": [7], "is_difficult": [False],
+                        "is_truncated": [False], "pose": [0]}})
+
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+        for training in (True, False):
+            ds, info = readers.read(f"tfds:voc/2007:train+validation+voc:{root}:trainval", training=training,
+                                    seed=0)
+            assert sorted(e["image_id"] for e in as_list(ds)) == [b"000001", b"a", b"b"]
+    assert info.class_names == readers.source_info(f"voc:{root}:trainval").class_names
+
+
+def test_tfds_coco_mock_excludes_crowd_for_training_only():
+    def as_dataset(self, split, **kwargs):
+        del self, split, kwargs
+        return tf.data.Dataset.from_tensors({
+            "image": _tfds_images(1, 1)[0], "image/filename": "x.jpg", "image/id": np.int64(139),
+            "objects": {"bbox": [[0.1, 0.1, 0.5, 0.5], [0.2, 0.3, 0.9, 0.8]], "label": [0, 79],
+                        "is_crowd": [False, True], "area": [1, 1], "id": [1, 2]}})
+
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+        (train,) = as_list(readers.read("tfds:coco/2017:train", training=True)[0])
+        ds, info = readers.read("tfds:coco/2017:validation", training=False)
+        (evaluation,) = as_list(ds)
+    assert info.category_ids[79] == 90 and len(info.category_ids) == 80
+    assert train["image_id"] == b"139"
+    np.testing.assert_array_equal(train["labels"], [0])
+    np.testing.assert_array_equal(evaluation["labels"], [0, 79])
+    np.testing.assert_array_equal(evaluation["difficult"], [False, True])

@@ -1,0 +1,61 @@
+"""Tests for the synthetic shapes dataset and tools/make_shapes.py."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from pycocotools import coco as coco_api
+
+from scratchdet_tf.data import shapes
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_split_is_valid_coco_and_follows_the_recipe(tmp_path):
+    path = shapes.write_split(str(tmp_path), "train", 12, seed=3)
+    gt = coco_api.COCO(path)
+    assert [c["name"] for c in gt.loadCats(gt.getCatIds())] == list(shapes.CLASS_NAMES)
+    assert len(gt.getImgIds()) == 12
+    for image in gt.loadImgs(gt.getImgIds()):
+        h, w = image["height"], image["width"]
+        assert 160 <= h <= 400 and 160 <= w <= 400 and h != w
+        anns = gt.loadAnns(gt.getAnnIds(imgIds=image["id"]))
+        assert 1 <= len(anns) <= 6
+        for ann in anns:
+            x, y, bw, bh = ann["bbox"]
+            assert 0 <= x and 0 <= y and x + bw <= w and y + bh <= h
+            assert max(bw, bh) >= 0.05 * min(h, w) - 1 and min(bw, bh) <= 0.6 * min(h, w) + 1
+            assert ann["iscrowd"] == 0 and 0 < ann["area"] <= bw * bh
+
+
+def test_same_seed_writes_same_files_and_other_seed_differs(tmp_path):
+    a = shapes.write_split(str(tmp_path / "a"), "val", 3, seed=5)
+    b = shapes.write_split(str(tmp_path / "b"), "val", 3, seed=5)
+    c = shapes.write_split(str(tmp_path / "c"), "val", 3, seed=6)
+    assert open(a).read() == open(b).read() != open(c).read()
+    jpeg = lambda p: open(os.path.join(os.path.dirname(p), "000002.jpg"), "rb").read()  # noqa: E731
+    assert jpeg(a) == jpeg(b)
+
+
+def test_box_is_tight_around_the_topmost_drawn_shape():
+    for index in range(12):
+        pixels, objects = shapes.draw_image(np.random.default_rng([0, 0, index]), noise=False)
+        _, (x, y, w, h), area = objects[-1]  # drawn last: nothing hides it
+        patch = pixels[y:y + h, x:x + w].reshape(-1, 3)
+        colours, counts = np.unique(patch, axis=0, return_counts=True)
+        colour = colours[np.argmax(counts)]  # the shape covers the most pixels of its box
+        is_shape = np.all(pixels == colour, axis=-1)
+        ys, xs = np.nonzero(is_shape)
+        assert (xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()) == (x, y, w, h)
+        assert is_shape.sum() == area
+
+
+def test_make_shapes_tool_prints_json_last(tmp_path):
+    out = subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_shapes.py"), f"--out_dir={tmp_path}",
+                          "--num_train=3", "--num_val=2", "--seed=1"], capture_output=True, text=True, check=True)
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["num_train"] == 3 and summary["num_val"] == 2 and summary["seconds"] >= 0
+    for split, n in (("train", 3), ("val", 2)):
+        assert len(json.load(open(tmp_path / split / "instances.json"))["images"]) == n
