@@ -239,6 +239,10 @@ class TrainConfig:
         _check(self.max_bad_steps > 0, "train.max_bad_steps", self.max_bad_steps, "must be > 0")
         _one_of("train.strategy", self.strategy, STRATEGIES)
         _one_of("train.mixed_precision", self.mixed_precision, PRECISIONS)
+        _check(not (self.deterministic and self.jit_compile), "train.jit_compile", self.jit_compile,
+               "XLA has no deterministic max-pool gradient; set --train.deterministic=false to use XLA")
+        _check(not (self.sync_bn and self.jit_compile), "train.sync_bn", self.sync_bn,
+               "synchronized BN cannot run inside the XLA-compiled step; set --train.jit_compile=false")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,8 +9,14 @@ import dataclasses
 
 import keras
 
-# Caffe "xavier": U(+-sqrt(3 / fan_in)), fan_in = C_in * k * k (SPEC §5 "Initialization").
-CAFFE_XAVIER = keras.initializers.VarianceScaling(scale=1.0, mode="fan_in", distribution="uniform")
+
+def caffe_xavier() -> keras.initializers.Initializer:
+    """Caffe "xavier": U(+-sqrt(3 / fan_in)), fan_in = C_in * k * k (SPEC §5 "Initialization").
+
+    A new instance per layer, created after ``keras.utils.set_random_seed``, so the
+    initial weights are reproducible from the seed.
+    """
+    return keras.initializers.VarianceScaling(scale=1.0, mode="fan_in", distribution="uniform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +55,7 @@ def conv(x, filters: int, kernel: int, *, stride: int = 1, pad: int | None = Non
         padding = "valid"
     return keras.layers.Conv2D(
         filters, kernel, strides=stride, padding=padding, dilation_rate=dilation, use_bias=use_bias,
-        kernel_initializer=CAFFE_XAVIER, name=name,
+        kernel_initializer=caffe_xavier(), name=name,
     )(x)
 
 

@@ -1,0 +1,83 @@
+"""SGD with the paper's schedule: linear warm-up, multi-step decay, Caffe-style coupled L2.
+
+Weight decay is *coupled* (Caffe/PyTorch): the gradient gets ``wd * w`` before SGD momentum,
+not Keras 3's decoupled ``weight_decay``. It is applied through the loss
+(``0.5 * wd * sum(w^2)`` has gradient ``wd * w``), so it sees the same loss scaling and
+replica/accumulation averaging as the data term. SPEC §5 "Weight decay scope": conv kernels
+and backbone BN scale/shift decay; head BN and conv biases do not.
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="scratchdet_tf")
+class WarmupMultiStep(keras.optimizers.schedules.LearningRateSchedule):
+    """lr(step): linear warm-up from ``base * warmup_factor``, then ×``decay`` at each boundary.
+
+    Caffe's "multistep" policy: lr = base * decay ** (number of boundaries <= step).
+    """
+
+    def __init__(self, base_lr: float, boundaries: Sequence[int], decay: float = 0.1,
+                 warmup_steps: int = 0, warmup_factor: float = 1.0 / 3.0):
+        self.base_lr = float(base_lr)
+        self.boundaries = [int(b) for b in boundaries]
+        self.decay = float(decay)
+        self.warmup_steps = int(warmup_steps)
+        self.warmup_factor = float(warmup_factor)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        passed = tf.zeros([], tf.float32)
+        for b in self.boundaries:
+            passed += tf.cast(step >= b, tf.float32)
+        lr = self.base_lr * tf.pow(self.decay, passed)
+        if self.warmup_steps:
+            alpha = tf.minimum(step / self.warmup_steps, 1.0)
+            lr *= self.warmup_factor + (1.0 - self.warmup_factor) * alpha
+        return lr
+
+    def get_config(self):
+        return {"base_lr": self.base_lr, "boundaries": self.boundaries, "decay": self.decay,
+                "warmup_steps": self.warmup_steps, "warmup_factor": self.warmup_factor}
+
+
+def learning_rate_schedule(train_cfg) -> WarmupMultiStep:
+    """The schedule of a ``config.TrainConfig``."""
+    return WarmupMultiStep(train_cfg.learning_rate, train_cfg.lr_boundaries, train_cfg.lr_decay,
+                           train_cfg.warmup_steps, train_cfg.warmup_factor)
+
+
+def build_optimizer(train_cfg, mixed_precision: str = "float32") -> keras.optimizers.Optimizer:
+    """SGD momentum on the schedule; wrapped in dynamic loss scaling for float16."""
+    optimizer = keras.optimizers.SGD(learning_rate_schedule(train_cfg), momentum=train_cfg.momentum)
+    if mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def decayed_variables(model: keras.Model) -> List:
+    """Variables under weight decay: conv kernels, and BN gamma/beta outside the head.
+
+    Head BN scale/shift and conv biases are not decayed (SPEC §5, Caffe ``decay_mult: 0``).
+    """
+    decayed = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            decayed.append(layer.kernel)
+        elif isinstance(layer, keras.layers.BatchNormalization) and not layer.name.startswith("head_"):
+            decayed += [w for w in (layer.gamma, layer.beta) if w is not None]
+        elif layer.trainable_weights and not isinstance(layer, keras.layers.BatchNormalization):
+            decayed += list(layer.trainable_weights)  # e.g. the L2Norm scale (Caffe default decay 1)
+    return decayed
+
+
+def l2_penalty(variables: Sequence, weight_decay: float):
+    """0.5 * wd * sum(w^2), float32: its gradient is the coupled decay term wd * w."""
+    if not weight_decay or not variables:
+        return tf.zeros([], tf.float32)
+    return 0.5 * weight_decay * tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables])

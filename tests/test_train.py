@@ -1,0 +1,206 @@
+"""The training loop: distribution, XLA, resume, divergence guard, multi-worker, paper-config smoke."""
+
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+from absl import flags
+
+from scratchdet_tf import checkpoints, config, config_flags, losses, train_lib
+from scratchdet_tf.data import shapes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("shapes"))
+    shapes.write_split(d, "train", 16, seed=0)
+    shapes.write_split(d, "val", 4, seed=0)
+    return d
+
+
+def tiny_cfg(shapes_dir, **train):
+    return config.Config(
+        model=config.ModelConfig(depth=18, width=1 / 16, image_size=64, num_classes=5),
+        anchors=config.AnchorConfig(steps=()),
+        data=config.DataConfig(train_source=f"shapes:{shapes_dir}", val_source=f"shapes:{shapes_dir}",
+                               deterministic=True, shuffle_buffer=16),
+        train=config.TrainConfig(**{"batch_size": 4, "max_steps": 2, "learning_rate": 0.01, "lr_boundaries": (),
+                                    "log_every_steps": 1, "deterministic": True, **train}),
+    )
+
+
+def weights(model_dir):
+    keras.backend.clear_session()
+    return checkpoints.restore_model(model_dir).model.get_weights()
+
+
+def test_two_mirrored_replicas_agree_with_one_device_on_the_same_global_batch(shapes_dir, tmp_path):
+    # Without BN nothing couples the images of a batch, so 2 replicas x 2 images must reproduce
+    # one device x 4 images: loss normalized by the global positives, one gradient sum, one update.
+    def cfg(**train):
+        return config.replace(tiny_cfg(shapes_dir, learning_rate=1e-3, **train), model__backbone_bn=False,
+                              model__head_bn=False)
+
+    one = train_lib.train(cfg(), str(tmp_path / "one"))
+    two = train_lib.train(cfg(strategy="mirrored", devices=("/cpu:0", "/cpu:1")), str(tmp_path / "two"))
+    assert one["step"] == two["step"] == 2
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-6)
+    for a, b in zip(weights(tmp_path / "one"), weights(tmp_path / "two")):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_synchronized_bn_over_two_replicas_matches_one_device_bn(shapes_dir, tmp_path):
+    one = train_lib.train(tiny_cfg(shapes_dir, max_steps=1, sync_bn=True), str(tmp_path / "one"))
+    two = train_lib.train(tiny_cfg(shapes_dir, max_steps=1, sync_bn=True, strategy="mirrored",
+                                   devices=("/cpu:0", "/cpu:1")), str(tmp_path / "two"))
+    # Keras' synchronized BN computes moments as E[x^2] - E[x]^2: equal up to float rounding.
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-4)
+    assert two["weights_l1"] == pytest.approx(one["weights_l1"], rel=1e-4)
+
+
+def test_xla_and_plain_steps_give_the_same_loss(shapes_dir, tmp_path):
+    plain = train_lib.train(tiny_cfg(shapes_dir, max_steps=1), str(tmp_path / "plain"))
+    xla = train_lib.train(tiny_cfg(shapes_dir, max_steps=1, jit_compile=True, deterministic=False),
+                          str(tmp_path / "xla"))
+    assert xla["loss"] == pytest.approx(plain["loss"], rel=1e-4)
+
+
+def test_resumed_run_continues_at_its_step_and_ends_with_the_same_weights(shapes_dir, tmp_path):
+    whole = train_lib.train(tiny_cfg(shapes_dir, max_steps=4), str(tmp_path / "whole"))
+    first = train_lib.train(tiny_cfg(shapes_dir, max_steps=2), str(tmp_path / "split"))
+    second = train_lib.train(tiny_cfg(shapes_dir, max_steps=4), str(tmp_path / "split"))
+    assert (first["step"], second["step"], second["steps_this_run"]) == (2, 4, 2)
+    assert second["loss"] == whole["loss"]
+    for a, b in zip(weights(tmp_path / "whole"), weights(tmp_path / "split")):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_run_writes_config_json_and_a_rerunnable_flagfile(shapes_dir, tmp_path):
+    cfg = tiny_cfg(shapes_dir, max_steps=1)
+    train_lib.train(cfg, str(tmp_path))
+    fv = flags.FlagValues()
+    config_flags.define_flags(fv)
+    fv(["prog"] + config_flags.expand_flagfiles([f"--flagfile={tmp_path / 'flags.cfg'}"]))
+    assert config_flags.config_from_flags(fv) == cfg == checkpoints.load_config(str(tmp_path))
+    assert glob.glob(str(tmp_path / "train" / "events.out.tfevents.*"))
+
+
+def test_divergence_guard_skips_non_finite_steps_and_keeps_the_last_good_checkpoint(shapes_dir, tmp_path,
+                                                                                        monkeypatch):
+    good = train_lib.train(tiny_cfg(shapes_dir, max_steps=2), str(tmp_path))
+    before = weights(tmp_path)
+    real_loss = losses.multibox_loss
+
+    def nan_loss(*args, **kwargs):
+        sums = real_loss(*args, **kwargs)
+        return {**sums, "cls_loss_sum": sums["cls_loss_sum"] * float("nan")}
+
+    monkeypatch.setattr(losses, "multibox_loss", nan_loss)
+    bad = train_lib.train(tiny_cfg(shapes_dir, max_steps=20, max_bad_steps=3), str(tmp_path))
+    assert good["status"] == "finished" and bad["status"] == "diverged"
+    assert bad["step"] == 5 and bad["skipped_steps"] == 3  # diverged at step 5: steps 3, 4, 5 were bad
+    assert os.path.basename(checkpoints.restore_model(str(tmp_path)).checkpoint) == "ckpt-2"
+    for a, b in zip(before, weights(tmp_path)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_batch_that_does_not_divide_over_replicas_is_a_config_error(shapes_dir, tmp_path):
+    cfg = tiny_cfg(shapes_dir, batch_size=3, strategy="mirrored", devices=("/cpu:0", "/cpu:1"))
+    with pytest.raises(config.ConfigError, match="--train.batch_size=3"):
+        train_lib.train(cfg, str(tmp_path))
+
+
+def _tool_args(shapes_dir, model_dir, *extra):
+    return [sys.executable, "tools/train.py", f"--model_dir={model_dir}", "--model.depth=18", "--model.width=0.0625",
+            "--model.image_size=64", "--model.num_classes=5", "--anchors.steps=",
+            f"--data.train_source=shapes:{shapes_dir}", f"--data.val_source=shapes:{shapes_dir}",
+            "--data.deterministic=true", "--data.shuffle_buffer=16", "--train.batch_size=4",
+            "--train.learning_rate=0.01", "--train.lr_boundaries=", "--train.deterministic=true", *extra]
+
+
+def _last_json(stdout):
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_sigkilled_run_resumes_with_nothing_lost(shapes_dir, tmp_path):
+    steps = ["--train.max_steps=6", "--train.checkpoint_every_steps=2"]
+    whole = subprocess.run(_tool_args(shapes_dir, tmp_path / "whole", *steps), cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen(_tool_args(shapes_dir, killed_dir, *steps, "--train.log_every_steps=1"), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not glob.glob(str(killed_dir / "ckpt-2.index")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = subprocess.run(_tool_args(shapes_dir, killed_dir, *steps), cwd=ROOT, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _last_json(resumed.stdout)["step"] == 6
+    assert _last_json(resumed.stdout)["steps_this_run"] < 6
+    assert _last_json(resumed.stdout)["weights_l1"] == _last_json(whole.stdout)["weights_l1"]
+
+
+def test_train_tool_exits_nonzero_and_says_diverged(shapes_dir, tmp_path):
+    run = subprocess.run(_tool_args(shapes_dir, tmp_path, "--train.max_steps=30", "--train.max_bad_steps=2",
+                                    "--train.learning_rate=1e30"),
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1
+    result = _last_json(run.stdout)
+    assert result["status"] == "diverged"
+    assert f"diverged at step {result['step']}" in run.stderr
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_multi_worker_run_keeps_replicas_in_sync(shapes_dir, tmp_path):
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for index in range(2):
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        procs.append(subprocess.Popen(
+            _tool_args(shapes_dir, tmp_path, "--train.max_steps=3", "--train.strategy=multi_worker"),
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    chief, worker = (_last_json(out) for out, _ in outs)
+    assert chief["step"] == worker["step"] == 3
+    assert (chief["worker"], worker["worker"]) == (0, 1)
+    assert chief["weights_l1"] == worker["weights_l1"]
+    assert os.path.basename(checkpoints.restore_model(str(tmp_path)).checkpoint) == "ckpt-3"
+
+
+PAPER_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "scratchdet300_*.cfg")) +
+                       glob.glob(os.path.join(ROOT, "configs", "ablations", "*.cfg")))
+
+
+@pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_paper_config_trains_two_steps_at_its_real_size(path, shapes_dir, tmp_path):
+    fv = flags.FlagValues()
+    config_flags.define_flags(fv)
+    fv(["prog"] + config_flags.expand_flagfiles([
+        f"--flagfile={path}", f"--data.train_source=shapes:{shapes_dir}", "--train.batch_size=2",
+        "--train.max_steps=2", "--train.init_checkpoint="]))
+    cfg = config_flags.config_from_flags(fv)
+    keras.backend.clear_session()
+    result = train_lib.train(cfg, str(tmp_path))
+    assert cfg.model.image_size == 300
+    assert result["status"] == "finished" and result["step"] == 2 and np.isfinite(result["loss"])
