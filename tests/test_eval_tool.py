@@ -114,3 +114,84 @@ def test_coco_results_last_line_equals_pycocotools(tmp_path):
 def test_no_mode_is_a_usage_error():
     proc = _run()
     assert proc.returncode != 0 and "--voc_results" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A training run folder: config.json of a tiny model on a 3-image shapes split, checkpoints 1 and 2."""
+    import tensorflow as tf
+
+    from scratchdet_tf import config, config_flags
+    from scratchdet_tf.data import shapes
+    from scratchdet_tf.models import ssd
+
+    root = tmp_path_factory.mktemp("run")
+    shapes.write_split(str(root / "shapes"), "val", 3)
+    source = f"shapes:{root / 'shapes'}:val"
+    cfg = config.Config(model=config.ModelConfig(depth=18, width=1 / 16, image_size=64, num_classes=5),
+                        anchors=config.AnchorConfig(steps=()), data=config.DataConfig(train_source=source,
+                                                                                     val_source=source),
+                        train=config.TrainConfig(max_steps=2), eval=config.EvalConfig(batch_size=2))
+    run = str(root / "model")
+    config_flags.write_run_files(cfg, run)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=ssd.build_model(cfg.model, cfg.anchors)), run, 2)
+    manager.save(checkpoint_number=1)
+    manager.save(checkpoint_number=2)
+    return run
+
+
+def test_model_dir_evaluates_a_checkpoint_with_the_run_config_and_overrides(model_dir):
+    proc = _run(f"--model_dir={model_dir}", f"--checkpoint={model_dir}/ckpt-1", "--eval.num_images=2")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    metrics = json.loads(lines[-1])
+    assert set(metrics) == {"mAP_07", "mAP_area", "per_class", "step", "num_images"}
+    assert metrics["step"] == 1 and metrics["num_images"] == 2  # the override; the rest is config.json's model
+    assert lines[-3].split() == ["Method", "mAP", "circle", "square", "triangle", "cross", "ring"]
+    with open(os.path.join(model_dir, "eval", "metrics.json")) as f:
+        assert json.load(f)["step"] == 1
+
+
+def test_continuous_evaluates_the_newest_checkpoint_and_stops_at_max_steps(model_dir):
+    proc = _run(f"--model_dir={model_dir}", "--continuous", "--timeout=20")
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert metrics["step"] == 2 and metrics["num_images"] == 3
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(model_dir, "eval")))
+
+
+def test_model_errors_name_the_path(model_dir, tmp_path):
+    proc = _run(f"--model_dir={tmp_path / 'missing_run'}")
+    assert proc.returncode == 1 and "missing_run" in proc.stderr
+    empty = tmp_path / "no_checkpoints"
+    empty.mkdir()
+    with open(os.path.join(model_dir, "config.json")) as f:
+        _write(str(empty / "config.json"), f.read())
+    proc = _run(f"--model_dir={empty}")
+    assert proc.returncode == 1 and "no checkpoint" in proc.stderr and "no_checkpoints" in proc.stderr
+    proc = _run(f"--model_dir={model_dir}", f"--checkpoint={model_dir}/ckpt-99")
+    assert proc.returncode == 1 and "ckpt-99" in proc.stderr
+
+
+def test_saved_model_is_evaluated_through_its_serving_signature(model_dir, tmp_path):
+    import tensorflow as tf
+
+    class Exported(tf.Module):  # the export contract: one fixed "circle" box on every image
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+        def serve(self, images):
+            b = tf.shape(images)[0]
+            return {"detection_boxes": tf.tile([[[0.1, 0.1, 0.9, 0.9]]], [b, 1, 1]),
+                    "detection_scores": tf.fill([b, 1], 0.5), "detection_classes": tf.fill([b, 1], 1.0),
+                    "num_detections": tf.fill([b], 1.0)}
+
+    module = Exported()
+    saved = str(tmp_path / "saved_model")
+    tf.saved_model.save(module, saved, signatures={"serving_default": module.serve})
+    with open(os.path.join(model_dir, "config.json")) as f:
+        source = json.load(f)["data"]["val_source"]
+    proc = _run(f"--saved_model={saved}", f"--source={source}", "--eval.metric=voc12")
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert metrics["num_images"] == 3 and "step" not in metrics
+    assert all(v["ap_07"] in (0.0, None) for name, v in metrics["per_class"].items() if name != "circle")
+    assert os.path.isfile(saved + "_eval/metrics.json")

@@ -264,10 +264,10 @@ def test_brute_force_agreement_on_a_larger_case():
 # ------------------------------------------------------------------------------------ VocEvaluator
 
 
-def test_normalized_to_voc_pixels_inverts_the_tfds_reader():
-    # tfds voc: normalized = pixel / size.  Image 100 high, 50 wide.
+def test_normalized_to_voc_pixels_inverts_the_voc_reader():
+    # voc: reader: normalized = ((xmin - 1) / W, ..., xmax / W).  Image 100 high, 50 wide.
     pixels = evaluation.normalized_to_voc_pixels([[0.1, 0.2, 0.5, 1.0]], (100, 50))
-    np.testing.assert_array_equal(pixels, [[10.0, 10.0, 50.0, 50.0]])
+    np.testing.assert_array_equal(pixels, [[11.0, 11.0, 50.0, 50.0]])
 
 
 def test_voc_evaluator_equals_voc_evaluate_on_pixels():

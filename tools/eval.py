@@ -1,27 +1,42 @@
-"""Scores detections without a model: VOC comp4 files against a devkit, or a COCO results JSON.
+"""Evaluates a trained model (checkpoint or SavedModel), or scores detection files without a model.
 
+  python tools/eval.py --model_dir=M [--checkpoint=M/ckpt-500] [--source=URI] [--eval.multi_scale=true]
+  python tools/eval.py --model_dir=M --continuous [--timeout=3600]    # each new checkpoint, to TensorBoard M/eval
+  python tools/eval.py --saved_model=DIR [--model_dir=M] --source=URI [--eval.metric=coco]
   python tools/eval.py --voc_devkit=VOCdevkit/VOC2007 --image_set=test --voc_results=DIR [--use_07_metric]
   python tools/eval.py --coco_gt=instances_val2017.json --coco_results=results.json
 
-Prints a table, then as its last line one JSON object with the metrics.
+Model modes take the run's config (M/config.json; defaults without --model_dir) with the dotted config flags
+given on the command line applied on top (e.g. --eval.num_images=100 --eval.batch_size=1). Metrics go to
+<output_dir>/metrics.json (default M/eval); a test set without ground truth (VOC2012 test, COCO test-dev) gets
+the evaluation servers' results files there instead. Prints a table, then as its last line one JSON object
+with the metrics.
 """
 
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _bootstrap  # noqa: F401  (sys.path for a source checkout)
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
-from scratchdet_tf import evaluation, voc_io  # noqa: E402
+from scratchdet_tf import coco_eval, config, config_flags, evaluation, voc_io
 
+FLAGS = flags.FLAGS
+config_flags.define_flags(FLAGS)
+flags.DEFINE_string("model_dir", None, "Training run folder: evaluates its newest checkpoint with its config.json.")
+flags.DEFINE_string("checkpoint", None, "Checkpoint prefix to evaluate instead of the newest, e.g. M/ckpt-500.")
+flags.DEFINE_string("saved_model", None, "Exported SavedModel folder (serving_default: uint8 images -> detections).")
+flags.DEFINE_string("source", None, "Data source URI to evaluate on (default: --data.val_source of the config).")
+flags.DEFINE_string("output_dir", None, "Where metrics.json / test-set results go (default M/eval).")
+flags.DEFINE_bool("continuous", False, "Evaluate each new checkpoint in --model_dir until train.max_steps.")
+flags.DEFINE_float("timeout", 3600.0, "--continuous: stop after this many seconds without a new checkpoint.")
 flags.DEFINE_string("voc_devkit", None, "VOC devkit year folder, e.g. VOCdevkit/VOC2007 (Annotations, ImageSets).")
 flags.DEFINE_string("image_set", "test", "ImageSets/Main/<image_set>.txt to score.")
 flags.DEFINE_string("voc_results", None, "Folder of comp4_det_<image_set>_<class>.txt files.")
 flags.DEFINE_bool("use_07_metric", False, "Table shows VOC2007 11-point AP instead of area AP (JSON has both).")
 flags.DEFINE_string("coco_gt", None, "COCO instances JSON (ground truth).")
 flags.DEFINE_string("coco_results", None, "COCO results JSON to score against --coco_gt.")
-FLAGS = flags.FLAGS
 
 
 def score_voc_results():
@@ -40,9 +55,64 @@ def score_coco_results():
     """Prints the COCO table and returns the 12 stats of --coco_results."""
     if not FLAGS.coco_gt:
         raise app.UsageError("--coco_results needs --coco_gt")
-    stats = evaluation.coco_evaluate_json(FLAGS.coco_gt, FLAGS.coco_results)
+    stats = coco_eval.coco_evaluate_json(FLAGS.coco_gt, FLAGS.coco_results)
     print(evaluation.format_coco_table(stats, method=os.path.basename(os.path.normpath(FLAGS.coco_results))))
     return stats
+
+
+def run_config():
+    """The run's config.json (defaults without --model_dir) plus the config flags given explicitly."""
+    from scratchdet_tf import checkpoints
+
+    base = checkpoints.load_config(FLAGS.model_dir) if FLAGS.model_dir else config.Config()
+    for section, values in config.to_dict(base).items():
+        for name, value in values.items():
+            flag = FLAGS[f"{section}.{name}"]
+            if not flag.present:  # absent: the run's value, written as the flag parser reads it
+                flag.value = _flag_text(value) if isinstance(flag.value, str) else value
+    return config_flags.config_or_exit(FLAGS)
+
+
+def _flag_text(value):
+    if isinstance(value, str):
+        return value
+    if value and isinstance(value[0], (tuple, list)):  # per-level lists: "2,3;2"
+        return ";".join(",".join(repr(v) for v in level) for level in value)
+    return ",".join(repr(v) if isinstance(v, float) else str(v) for v in value)
+
+
+def evaluate_model():
+    """Evaluates --model_dir's checkpoint(s) or --saved_model; returns the metrics."""
+    if FLAGS.model_dir and not os.path.isdir(FLAGS.model_dir):
+        raise FileNotFoundError(f"no such model dir: {FLAGS.model_dir}")
+    if FLAGS.checkpoint and not os.path.isfile(FLAGS.checkpoint + ".index"):
+        raise FileNotFoundError(f"no such checkpoint: {FLAGS.checkpoint} (no {FLAGS.checkpoint}.index)")
+    if FLAGS.continuous and not FLAGS.model_dir:
+        raise app.UsageError("--continuous needs --model_dir")
+    from scratchdet_tf import checkpoints, eval_lib  # TensorFlow loads only for model evaluation
+
+    cfg = run_config()
+    source = FLAGS.source or cfg.data.val_source
+    if FLAGS.saved_model:
+        if cfg.eval.multi_scale:
+            raise app.UsageError("--eval.multi_scale needs --model_dir (a Keras model), not --saved_model")
+        output_dir = FLAGS.output_dir or os.path.normpath(FLAGS.saved_model) + "_eval"
+        predict_fn = eval_lib.saved_model_predict_fn(FLAGS.saved_model)
+        return eval_lib.evaluate_predict_fn(
+            predict_fn, source, metric=cfg.eval.metric, tfds_data_dir=cfg.data.tfds_data_dir,
+            num_images=cfg.eval.num_images, output_dir=output_dir,
+            method=os.path.basename(os.path.normpath(FLAGS.saved_model)))
+    output_dir = FLAGS.output_dir or os.path.join(FLAGS.model_dir, "eval")
+    if FLAGS.continuous:
+        metrics = eval_lib.evaluate_checkpoints(cfg, FLAGS.model_dir, source=source, output_dir=output_dir,
+                                                timeout=FLAGS.timeout)
+        if metrics is None:
+            raise FileNotFoundError(f"no checkpoint appeared in {FLAGS.model_dir} within {FLAGS.timeout:g} s")
+        return metrics
+    restored = checkpoints.restore_model(FLAGS.model_dir, FLAGS.checkpoint, cfg)
+    print(f"evaluating {restored.checkpoint} (step {restored.step}) on {source}")
+    return eval_lib.evaluate(cfg, restored.model, restored.anchors, source=source, output_dir=output_dir,
+                             step=restored.step)
 
 
 def main(argv):
@@ -53,12 +123,15 @@ def main(argv):
             metrics = score_voc_results()
         elif FLAGS.coco_results:
             metrics = score_coco_results()
+        elif FLAGS.model_dir or FLAGS.saved_model:
+            metrics = evaluate_model()
         else:
-            raise app.UsageError("give --voc_results (with --voc_devkit) or --coco_results (with --coco_gt)")
-    except (OSError, ValueError) as err:
+            raise app.UsageError("give --model_dir or --saved_model to evaluate a model, or score files with "
+                                 "--voc_results (with --voc_devkit) or --coco_results (with --coco_gt)")
+    except (OSError, ValueError) as err:  # missing files, bad data or config: one line naming the path
         sys.exit(f"eval.py: error: {err}")
     print(evaluation.metrics_to_json(metrics))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=lambda argv: config_flags.parse_argv(argv, FLAGS))
