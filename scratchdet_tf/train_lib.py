@@ -29,6 +29,29 @@ from scratchdet_tf.data import pipeline
 from scratchdet_tf.models import ssd
 
 
+def _evaluate_and_log(cfg, model, anchors, writer, step: int, num_drawn: int = 4) -> Dict:
+    """Periodic evaluation: metrics and a few validation images with drawn boxes to TensorBoard."""
+    from scratchdet_tf import eval_lib, visualize  # evaluation is only needed when it is switched on
+    from scratchdet_tf.data import readers
+
+    metrics = eval_lib.evaluate(cfg, model, anchors, step=step)
+    eval_lib.write_summaries(writer, metrics, step)
+    predict = eval_lib.model_predict_fn(cfg, model, anchors)
+    ds, info = readers.read(cfg.data.val_source, tfds_data_dir=cfg.data.tfds_data_dir, training=False)
+    drawn = []
+    for example in ds.take(num_drawn):
+        image = example["image"].numpy()
+        det = predict(image[None])
+        keep = det["scores"][0] >= 0.3
+        drawn.append(visualize.draw_detections(image, det["boxes"][0][keep], det["classes"][0][keep],
+                                               det["scores"][0][keep], info.class_names))
+    with writer.as_default(step=step):
+        for i, image in enumerate(drawn):
+            tf.summary.image(f"detections/{i}", image[None], step=step)
+    writer.flush()
+    return metrics
+
+
 class _PreReducedSGD(keras.optimizers.SGD):
     """SGD fed gradients that ``train`` already summed over replicas (one all-reduce per step)."""
 
@@ -217,10 +240,12 @@ def train(cfg: config_lib.Config, model_dir: str) -> Dict:
 
     # --- loop ---
     writer = tf.summary.create_file_writer(os.path.join(model_dir, "train")) if is_chief else None
+    eval_writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval")) if is_chief else None
     start_step = int(step.numpy())
     bad_in_a_row, skipped, status = 0, 0, "finished"
     prev_norm, history = None, {"loss": math.nan}
-    t_start = t_log = time.time()
+    t_start = t_log = t_warm = time.time()
+    eval_time = 0.0
     images_since_log = 0
     while int(step.numpy()) < tcfg.max_steps:
         grads, stats = compute_gradients(iterator)
@@ -277,7 +302,18 @@ def train(cfg: config_lib.Config, model_dir: str) -> Dict:
             t_log, images_since_log = now, 0
         if current % tcfg.checkpoint_every_steps == 0 or current == tcfg.max_steps:
             manager.save(checkpoint_number=current)
-    train_seconds = time.time() - t_start
+        if current == start_step + 1:
+            t_warm = time.time()  # throughput excludes the first step (tracing, graph build)
+        if tcfg.eval_every_steps and current % tcfg.eval_every_steps == 0 and is_chief:
+            t_eval = time.time()
+            metrics = _evaluate_and_log(cfg, model, anchors, eval_writer, current)
+            logging.info("step %d eval: %s", current, {k: v for k, v in metrics.items() if k != "per_class"})
+            eval_time += time.time() - t_eval
+    train_seconds = time.time() - t_start - eval_time
+    timed_steps = int(step.numpy()) - start_step - 1
+    images_per_sec = None
+    if timed_steps > 0:
+        images_per_sec = round(timed_steps * tcfg.batch_size / max(time.time() - t_warm - eval_time, 1e-9), 2)
 
     if not is_chief:
         shutil.rmtree(write_dir, ignore_errors=True)
@@ -286,7 +322,8 @@ def train(cfg: config_lib.Config, model_dir: str) -> Dict:
     last_loss = history["loss"] if math.isfinite(history["loss"]) else None
     result = {"step": int(step.numpy()), "loss": last_loss, "status": status,
               "steps_this_run": int(step.numpy()) - start_step, "skipped_steps": skipped,
-              "train_seconds": round(train_seconds, 2), "worker": worker, "weights_l1": weights_digest}
+              "train_seconds": round(train_seconds, 2), "images_per_sec": images_per_sec,
+              "worker": worker, "weights_l1": weights_digest}
     if is_chief:
         with open(os.path.join(model_dir, "train_result.json"), "w") as f:
             json.dump(result, f)

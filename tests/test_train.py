@@ -95,6 +95,24 @@ def test_run_writes_config_json_and_a_rerunnable_flagfile(shapes_dir, tmp_path):
     assert glob.glob(str(tmp_path / "train" / "events.out.tfevents.*"))
 
 
+def test_periodic_eval_writes_metrics_and_drawn_images_to_tensorboard(shapes_dir, tmp_path):
+    import tensorflow as tf
+
+    result = train_lib.train(tiny_cfg(shapes_dir, max_steps=2, eval_every_steps=2), str(tmp_path))
+    assert result["status"] == "finished"
+    tags = set()
+    for path in glob.glob(str(tmp_path / "eval" / "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags |= {v.tag for v in event.summary.value}
+    assert {"eval/mAP_07", "eval/mAP_area", "detections/0"} <= tags
+    train_tags = set()
+    for path in glob.glob(str(tmp_path / "train" / "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            train_tags |= {v.tag for v in event.summary.value}
+    assert {"loss", "cls_loss", "box_loss", "learning_rate", "images_per_sec", "grad_norm",
+            "grad_norm_fluctuation", "skipped_steps"} <= train_tags
+
+
 def test_divergence_guard_skips_non_finite_steps_and_keeps_the_last_good_checkpoint(shapes_dir, tmp_path,
                                                                                         monkeypatch):
     good = train_lib.train(tiny_cfg(shapes_dir, max_steps=2), str(tmp_path))
