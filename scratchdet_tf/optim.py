@@ -52,12 +52,20 @@ def learning_rate_schedule(train_cfg) -> WarmupMultiStep:
                            train_cfg.warmup_steps, train_cfg.warmup_factor)
 
 
-def build_optimizer(train_cfg, mixed_precision: str = "float32") -> keras.optimizers.Optimizer:
-    """SGD momentum on the schedule; wrapped in dynamic loss scaling for float16."""
-    optimizer = keras.optimizers.SGD(learning_rate_schedule(train_cfg), momentum=train_cfg.momentum)
-    if mixed_precision == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    return optimizer
+class PreReducedSGD(keras.optimizers.SGD):
+    """SGD fed gradients already summed over replicas: ``train_lib`` all-reduces once per step
+    (it needs the global gradient for its norm), so Keras must not sum them again."""
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        return list(grads_and_vars)
+
+
+def build_optimizer(train_cfg) -> keras.optimizers.Optimizer:
+    """SGD momentum on the schedule; wrapped in dynamic loss scaling for ``mixed_float16``."""
+    sgd = PreReducedSGD(learning_rate_schedule(train_cfg), momentum=train_cfg.momentum, name="sgd")
+    if train_cfg.mixed_precision == "mixed_float16":
+        return keras.optimizers.LossScaleOptimizer(sgd)
+    return sgd
 
 
 def decayed_variables(model: keras.Model) -> List:

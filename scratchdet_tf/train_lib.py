@@ -52,13 +52,6 @@ def _evaluate_and_log(cfg, model, anchors, writer, step: int, num_drawn: int = 4
     return metrics
 
 
-class _PreReducedSGD(keras.optimizers.SGD):
-    """SGD fed gradients that ``train`` already summed over replicas (one all-reduce per step)."""
-
-    def _all_reduce_sum_gradients(self, grads_and_vars):
-        return list(grads_and_vars)
-
-
 def get_strategy(train_cfg) -> tf.distribute.Strategy:
     """The ``tf.distribute`` strategy named by ``train_cfg.strategy``.
 
@@ -91,13 +84,6 @@ def _worker(strategy) -> tuple:
     if resolver is None or not resolver.cluster_spec().as_dict():
         return 0, 1
     return int(resolver.task_id or 0), resolver.cluster_spec().num_tasks(resolver.task_type or "worker")
-
-
-def _optimizer(train_cfg):
-    sgd = _PreReducedSGD(optim.learning_rate_schedule(train_cfg), momentum=train_cfg.momentum, name="sgd")
-    if train_cfg.mixed_precision == "mixed_float16":
-        return keras.optimizers.LossScaleOptimizer(sgd)
-    return sgd
 
 
 def per_replica_batch_size(train_cfg, num_replicas: int) -> int:
@@ -145,7 +131,7 @@ def train(cfg: config_lib.Config, model_dir: str) -> Dict:
     # --- model, optimizer, checkpoint ---
     with strategy.scope():
         model = ssd.build_model(cfg.model, cfg.anchors, sync_bn=tcfg.sync_bn)
-        optimizer = _optimizer(tcfg)
+        optimizer = optim.build_optimizer(tcfg)
         optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     anchors = ssd.model_anchors(model, cfg.anchors, cfg.model.image_size)
