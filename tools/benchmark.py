@@ -4,6 +4,10 @@ Modes:
   targets: targets.encode images/s inside tf.data (VOC300 priors), MultiBox loss forward+backward
            time with and without XLA.
   detect:  postprocess.detect time per batch at VOC300 shapes (worst case: all classes fill top-k).
+  infer:   end-to-end inference of an export (--model=<SavedModel dir or .tflite>, --batch), or, without
+           --model, of the config given by --flagfile/dotted flags: random weights, exported to a temp
+           dir, timing the Keras forward pass, the SavedModel and each TFLite mode (XNNPACK).
+  eval:    evaluation.voc_evaluate on VOC07-test-sized random results (4,952 images x 200 detections).
 """
 
 import json
@@ -13,12 +17,20 @@ import _bootstrap  # noqa: F401  (puts the checkout on sys.path)
 
 from absl import app, flags
 
+from scratchdet_tf import config_flags
+
 flags.DEFINE_integer("batch_size", 32, "Images per batch.")
 flags.DEFINE_integer("num_gt", 20, "targets: ground-truth boxes per image.")
 flags.DEFINE_integer("max_boxes", 100, "targets: ground truth is padded to this many boxes.")
 flags.DEFINE_integer("num_batches", 100, "targets: timed tf.data batches.")
 flags.DEFINE_integer("loss_steps", 20, "targets/detect: timed loss forward+backward / detect calls.")
+flags.DEFINE_string("model", None, "infer: SavedModel folder or .tflite file; none: time the config instead.")
+flags.DEFINE_integer("batch", 1, "infer: images per call (TFLite runs them one by one).")
+flags.DEFINE_integer("iterations", 10, "infer: timed calls per model (after 2 warm-up calls; median reported).")
+flags.DEFINE_integer("threads", 2, "infer: TF intra-op threads and TFLite interpreter threads.")
+flags.DEFINE_list("infer_tflite", ["fp32", "fp16", "dynamic", "int8"], "infer (config): TFLite modes to time.")
 FLAGS = flags.FLAGS
+config_flags.define_flags(FLAGS)
 
 VOC300_FEATURE_MAPS = [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)]
 
@@ -112,9 +124,115 @@ def run_detect():
     return {"mode": "detect", "detect_ms_per_batch": round(ms, 2), "detect_ms_per_image": round(ms / batch, 2)}
 
 
+def _time_infer(predict, images, macs):
+    """Times ``predict(images)`` call by call (after 2 warm-up calls): median and best latency, images/s
+    and conv GFLOP/s (2 x MACs per image) at the median, and the process CPU time per call (all threads;
+    on a machine shared with other jobs, --threads x latency would be this if the cores were ours)."""
+    import numpy as np
+
+    predict(images)
+    predict(images)
+    seconds = []
+    cpu_start = time.process_time()
+    for _ in range(FLAGS.iterations):
+        start = time.perf_counter()
+        predict(images)
+        seconds.append(time.perf_counter() - start)
+    cpu = (time.process_time() - cpu_start) / FLAGS.iterations
+    median = float(np.median(seconds))
+    ips = len(images) / median
+    return {"latency_ms": round(1e3 * median, 2), "best_ms": round(1e3 * min(seconds), 2),
+            "cpu_ms": round(1e3 * cpu, 2), "images_per_sec": round(ips, 2),
+            "gflops_per_sec": round(2 * macs * ips / 1e9, 1) if macs else None}
+
+
+def _trained_like_weights(model, cfg, images):
+    """Random weights that behave like a trained detector's: BN statistics of real activations, and
+    background logits raised by 8 so that ~0.03 % of anchor-class scores pass 0.01 (NMS sees a
+    realistic handful of boxes, not the all-classes worst case)."""
+    import keras
+    import numpy as np
+
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in bns:
+        layer.momentum = 0.0  # one training-mode call sets the moving statistics to this batch's
+    model(images.astype(np.float32) - np.asarray(cfg.data.mean_rgb, np.float32), training=True)
+    for i in range(cfg.anchors.num_levels):
+        last = model.get_layer(f"head_conf_{i}_bn" if cfg.model.head_bn else f"head_conf_{i}")
+        shift = last.beta if cfg.model.head_bn else last.bias
+        shift.assign(shift.numpy() + 8.0 * (np.arange(shift.shape[0]) % (cfg.model.num_classes + 1) == 0))
+
+
+def run_infer():
+    import os
+    import tempfile
+
+    import numpy as np
+    import tensorflow as tf
+
+    from scratchdet_tf import export, export_tflite
+    from scratchdet_tf.models import ssd
+
+    tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
+    if FLAGS.model:
+        info = export.read_info(FLAGS.model)
+        size = info.get("image_size", 300)
+        images = np.stack(list(export_tflite.synthetic_images(FLAGS.batch, size)))
+        try:
+            predict = export.load_predict_fn(FLAGS.model, num_threads=FLAGS.threads)
+        except (OSError, ValueError) as err:
+            raise app.UsageError(str(err)) from None
+        result = _time_infer(predict, images, info.get("conv_macs"))
+        print(f"{FLAGS.model}: batch {FLAGS.batch} at {size}x{size}: {result['latency_ms']} ms, "
+              f"{result['images_per_sec']} images/s, {result['gflops_per_sec']} conv GFLOP/s")
+        return {"mode": "infer", "model": FLAGS.model, "batch": FLAGS.batch, **result}
+
+    cfg = config_flags.config_or_exit(FLAGS)
+    size = cfg.model.image_size
+    model = ssd.build_model(cfg.model, cfg.anchors)
+    anchors = ssd.model_anchors(model, cfg.anchors, size)
+    macs = ssd.conv_macs(model)
+    _trained_like_weights(model, cfg, np.stack(list(export_tflite.synthetic_images(8, size, seed=1))))
+    images = np.stack(list(export_tflite.synthetic_images(FLAGS.batch, size)))
+    forward = tf.function(lambda x: model(x, training=False))
+    inputs = tf.constant(images.astype(np.float32) - np.asarray(cfg.data.mean_rgb, np.float32))
+    results = {"keras_forward": _time_infer(lambda _: forward(inputs)["cls_logits"].numpy(), images, macs)}
+    with tempfile.TemporaryDirectory() as tmp:
+        export.export_saved_model(model, anchors, cfg, tmp)
+        results["saved_model"] = _time_infer(export.load_predict_fn(tmp), images, macs)
+        calibration = export_tflite.representative_images(
+            lambda: export_tflite.synthetic_images(8, size, seed=2), size, 8)
+        for mode in FLAGS.infer_tflite:
+            written = export_tflite.export_tflite(model, anchors, cfg, tmp, [mode], calibration)
+            predict = export.load_predict_fn(os.path.join(tmp, written[mode]["file"]), num_threads=FLAGS.threads)
+            results[f"tflite_{mode}"] = {**_time_infer(predict, images, macs), "bytes": written[mode]["bytes"]}
+    print(f"{model.name}: {macs / 1e9:.2f} GMACs/image, batch {FLAGS.batch}, {FLAGS.threads} threads")
+    for name, r in results.items():
+        print(f"  {name:<16}{r['latency_ms']:>10.1f} ms (best {r['best_ms']:.1f}) {r['images_per_sec']:>8.2f} img/s "
+              f"{r['gflops_per_sec']:>8.1f} GFLOP/s")
+    summary = {"mode": "infer", "model": model.name, "batch": FLAGS.batch, "gmacs": round(macs / 1e9, 2),
+               **results["saved_model"], "results": results}
+    if "tflite_int8" in results and "tflite_fp32" in results:
+        summary["tflite_int8_speedup"] = round(
+            results["tflite_fp32"]["latency_ms"] / results["tflite_int8"]["latency_ms"], 2)
+    return summary
+
+
+def run_eval():
+    import bench_eval  # tools/bench_eval.py: the VOC07-test-sized scoring benchmark
+
+    result = bench_eval.run_eval_benchmark()
+    print(f"evaluation.voc_evaluate, VOC07-test-sized random results ({result['num_detections']} detections): "
+          f"{result['voc_seconds']:.2f} s for both APs")
+    return result
+
+
 MODES = {
     "targets": run_targets,
     "detect": run_detect,
+    "infer": run_infer,
+    "eval": run_eval,
 }
 
 
@@ -126,4 +244,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=lambda argv: config_flags.parse_argv(argv, FLAGS))

@@ -1,0 +1,350 @@
+"""TFLite export (fp32, fp16, dynamic-range, full-integer int8) with the standard ``TFLite_Detection_PostProcess`` op.
+
+A ``.tflite`` model takes ``images`` uint8 [1, S, S, 3] RGB, already warp-resized to the model's input
+size (``tflite_predict_fn`` resizes); the mean subtraction, network, softmax, box decoding and NMS run
+inside. Outputs, read by name from the model's signature (the op's own convention, as TF OD API
+TFLite models have it): ``detection_boxes`` float32 [1, N, 4] normalized yxyx (not clipped),
+``detection_classes`` float32 [1, N] **0-based without background** (= data label),
+``detection_scores`` float32 [1, N], ``num_detections`` float32 [1].
+
+The post-processing is an empty ``tf.function`` whose ``experimental_implements`` attribute names
+the custom op and its attributes; the converter replaces it by the op (``allow_custom_ops``), so the
+model needs only builtin ops, no Flex. The op decodes with y/x/h/w scales 10/10/5/5 (= our
+variances 0.1/0.1/0.2/0.2) from center-size anchors (ycenter, xcenter, h, w), and skips score
+column 0 (background) because it is given C + 1 columns for ``num_classes`` = C. Its NMS is by
+default the fast class-agnostic one (each box keeps its best class): LiteRT's per-class ("regular")
+NMS is wrong when run multi-threaded (see ``export_tflite``), which a deployed model cannot control.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Callable, Dict, Iterable, Iterator, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from flatbuffers import flexbuffers
+from tensorflow.lite.tools import flatbuffer_utils
+
+from scratchdet_tf import box_ops, export
+from scratchdet_tf import config as config_lib
+
+MODES = config_lib.TFLITE_MODES  # fp32, fp16, dynamic, int8
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# Ops a converted float model may not contain: variables (weights not frozen: the Keras 3 export trap
+# in DESIGN.md) or TF ops run through Flex (neither interpreter here has the Flex delegate).
+_FORBIDDEN_OPS = ("VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE")
+
+
+def postprocess_signature(*, num_classes: int, max_detections: int, detections_per_class: int,
+                          use_regular_nms: bool, score_threshold: float, iou_threshold: float,
+                          scales: Sequence[float]) -> str:
+    """The ``experimental_implements`` string of ``TFLite_Detection_PostProcess`` (TF OD API attribute names).
+
+    Args:
+      num_classes: C object classes (the score input has C + 1 columns, background first).
+      max_detections: N, detections per image.
+      detections_per_class: boxes kept per class by regular (per-class) NMS.
+      use_regular_nms: per-class NMS (as Caffe / ``postprocess.detect``) or the fast class-agnostic one
+        (one class per box). The converter drops ``detections_per_class``; the kernel then uses 100.
+      score_threshold: scores must exceed this.
+      iou_threshold: NMS IoU threshold.
+      scales: (y, x, h, w) scales = 1 / variances.
+    """
+    y_scale, x_scale, h_scale, w_scale = scales
+    attrs = [
+        f'attr {{ key: "max_detections" value {{ i: {max_detections} }} }}',
+        'attr { key: "max_classes_per_detection" value { i: 1 } }',
+        f'attr {{ key: "detections_per_class" value {{ i: {detections_per_class} }} }}',
+        f'attr {{ key: "use_regular_nms" value {{ b: {str(use_regular_nms).lower()} }} }}',
+        f'attr {{ key: "nms_score_threshold" value {{ f: {score_threshold:f} }} }}',
+        f'attr {{ key: "nms_iou_threshold" value {{ f: {iou_threshold:f} }} }}',
+        f'attr {{ key: "y_scale" value {{ f: {y_scale:f} }} }}',
+        f'attr {{ key: "x_scale" value {{ f: {x_scale:f} }} }}',
+        f'attr {{ key: "h_scale" value {{ f: {h_scale:f} }} }}',
+        f'attr {{ key: "w_scale" value {{ f: {w_scale:f} }} }}',
+        f'attr {{ key: "num_classes" value {{ i: {num_classes} }} }}',
+    ]
+    return " ".join(['name: "TFLite_Detection_PostProcess"'] + attrs)
+
+
+def tflite_function(model: keras.Model, anchors: np.ndarray, cfg: config_lib.Config, *,
+                    use_regular_nms: bool = False) -> Callable:
+    """The function converted to TFLite: ``images`` uint8 [1, S, S, 3] -> the four op outputs (by name)."""
+    signature = postprocess_signature(
+        num_classes=cfg.model.num_classes, max_detections=cfg.export.max_detections,
+        detections_per_class=min(cfg.eval.pre_nms_top_k, cfg.export.max_detections),
+        use_regular_nms=use_regular_nms, score_threshold=cfg.eval.score_threshold,
+        iou_threshold=cfg.eval.nms_iou_threshold, scales=[1.0 / v for v in cfg.anchors.variances])
+
+    @tf.function(experimental_implements=signature)
+    def detection_postprocess(box_encodings, class_predictions, center_size_anchors):
+        # Never executed in TFLite: the converter replaces this call by the custom op.
+        del box_encodings, class_predictions, center_size_anchors
+        boxes = tf.constant(0.0, tf.float32, name="boxes")
+        classes = tf.constant(0.0, tf.float32, name="classes")
+        scores = tf.constant(0.0, tf.float32, name="scores")
+        num_detections = tf.constant(0.0, tf.float32, name="num_detections")
+        return boxes, classes, scores, num_detections
+
+    center_size = box_ops.to_center_size(np.asarray(anchors, np.float32)).numpy()  # [A, 4] (cy, cx, h, w)
+    mean = np.asarray(cfg.data.mean_rgb, np.float32)
+
+    def run(images):
+        out = model(tf.cast(images, tf.float32) - mean, training=False)
+        probs = tf.nn.softmax(out["cls_logits"], axis=-1)  # [1, A, C+1], column 0 background
+        boxes, classes, scores, num = detection_postprocess(out["box_deltas"], probs, tf.constant(center_size))
+        return {"detection_boxes": boxes, "detection_classes": classes, "detection_scores": scores,
+                "num_detections": num}
+
+    return run
+
+
+def convert(saved_model_dir: str, mode: str,
+            representative_images: Callable[[], Iterable[np.ndarray]] | None = None) -> bytes:
+    """Converts the ``serving_default`` signature of a TFLite-ready SavedModel.
+
+    Args:
+      saved_model_dir: written by ``export_tflite`` (uint8 [1, S, S, 3] input).
+      mode: ``fp32``; ``fp16`` (float16 weights); ``dynamic`` (int8 weights, float activations);
+        ``int8`` (full-integer: int8 weights and activations, calibrated; uint8 input, float outputs).
+      representative_images: for ``int8``, a callable returning an iterable of uint8 [1, S, S, 3].
+
+    Returns:
+      The flatbuffer.
+
+    Raises:
+      ValueError: unknown mode, int8 without images, or a model with variable or Flex ops.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown TFLite mode {mode!r}; allowed: {', '.join(MODES)}")
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["serving_default"])
+    converter.allow_custom_ops = True  # TFLite_Detection_PostProcess
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if mode != "fp32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    if mode == "int8":
+        if representative_images is None:
+            raise ValueError("TFLite int8 needs representative images for calibration")
+        converter.representative_dataset = lambda: ([image] for image in representative_images())
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    flatbuffer = converter.convert()
+    bad = sorted(op for op in op_names(flatbuffer) if op in _FORBIDDEN_OPS or op.startswith("Flex"))
+    if bad:
+        raise ValueError(f"TFLite {mode} model from {saved_model_dir!r} has ops {bad}: weights not frozen or "
+                         "TF ops left in the graph")
+    return flatbuffer
+
+
+def export_tflite(model: keras.Model, anchors: np.ndarray, cfg: config_lib.Config, export_dir: str,
+                  modes: Sequence[str], representative_images: Callable[[], Iterable[np.ndarray]] | None = None,
+                  *, use_regular_nms: bool = False) -> Dict[str, dict]:
+    """Writes ``export_dir/model_<mode>.tflite`` for each mode and records them in ``export_info.json``.
+
+    Args:
+      model: the network with its weights.
+      anchors: float32 [A, 4] yxyx priors.
+      cfg: the run's config (input size, mean, ``eval`` thresholds, ``export.max_detections``).
+      export_dir: output folder (usually the SavedModel's).
+      modes: subset of ``MODES``.
+      representative_images: needed for ``int8``; see ``convert`` and ``representative_images``.
+      use_regular_nms: per-class NMS (as the SavedModel) instead of the op's fast class-agnostic NMS
+        (one class per box, the TF OD API's mobile default). The op's multi-threaded regular NMS skips
+        class index T when run with T threads, 1 < T < C (tensorflow/tensorflow#56058, still in LiteRT
+        2.3.0); ``tflite_predict_fn`` then runs single-threaded, other runtimes must do the same.
+
+    Returns:
+      {mode: {"file": name, "bytes": size}}.
+    """
+    size = cfg.model.image_size
+    archive = keras.export.ExportArchive()
+    # No archive.track(model): see export._write_archive.
+    archive.add_endpoint("serving_default", tflite_function(model, anchors, cfg, use_regular_nms=use_regular_nms),
+                         input_signature=[tf.TensorSpec([1, size, size, 3], tf.uint8, name="images")])
+    written = {}
+    os.makedirs(export_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        archive.write_out(tmp, verbose=False)
+        for mode in modes:
+            flatbuffer = convert(tmp, mode, representative_images)
+            name = f"model_{mode}.tflite"
+            with open(os.path.join(export_dir, name), "wb") as f:
+                f.write(flatbuffer)
+            written[mode] = {"file": name, "bytes": len(flatbuffer)}
+    info = export.read_info(export_dir) or export.export_info(cfg, model, export.default_class_names(cfg))
+    info.setdefault("tflite", {}).update(written)
+    info["tflite_nms"] = "regular" if use_regular_nms else "fast"  # recorded for readers of the info file
+    export.write_info(export_dir, info)
+    return written
+
+
+# --- calibration images ---
+
+
+def resize_uint8(image: np.ndarray, image_size: int) -> np.ndarray:
+    """uint8 [S, S, 3]: bilinear warp (as the eval transform) rounded back to uint8; S x S input is unchanged."""
+    image = np.asarray(image)
+    if image.shape[:2] == (image_size, image_size):
+        return image.astype(np.uint8)
+    resized = tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size], method="bilinear")
+    return np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)
+
+
+def folder_images(folder: str) -> Iterator[np.ndarray]:
+    """uint8 [H, W, 3] images of ``folder`` (sorted, by extension); unreadable files are skipped."""
+    from PIL import Image
+
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
+    for name in names:
+        try:
+            with Image.open(os.path.join(folder, name)) as image:
+                yield np.asarray(image.convert("RGB"))
+        except OSError:
+            continue
+
+
+def source_images(source: str, tfds_data_dir: str = "") -> Iterator[np.ndarray]:
+    """uint8 [H, W, 3] images of a data source URI (the eval reader: no augmentation)."""
+    from scratchdet_tf.data import readers  # only calibration needs the data stack
+
+    dataset, _ = readers.read(source, tfds_data_dir=tfds_data_dir, training=False, decode=True)
+    for element in dataset:
+        yield element["image"].numpy()
+
+
+def synthetic_images(num_images: int, image_size: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """Smooth random uint8 [S, S, 3] images (low-frequency noise: closer to photos than white noise)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(num_images):
+        coarse = rng.uniform(0, 255, (1, 8, 8, 3)).astype(np.float32)
+        image = tf.image.resize(coarse, [image_size, image_size], method="bicubic")[0].numpy()
+        yield np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+
+
+def representative_images(images: Callable[[], Iterable[np.ndarray]], image_size: int,
+                          num_images: int) -> Callable[[], Iterator[np.ndarray]]:
+    """A re-iterable calibration set: the first ``num_images`` of ``images()``, as uint8 [1, S, S, 3].
+
+    Raises (when iterated):
+      ValueError: if ``images()`` yields no image.
+    """
+    def generate():
+        count = 0
+        for image in images():
+            if count == num_images:
+                return
+            count += 1
+            yield resize_uint8(image, image_size)[None]
+        if count == 0:
+            raise ValueError("no calibration images")
+
+    return generate
+
+
+# --- running a .tflite ---
+
+
+def interpreter(model, num_threads: int = 2, *, xnnpack: bool = True):
+    """A LiteRT interpreter (``ai_edge_litert``; ``tf.lite.Interpreter`` if that is not installed), allocated.
+
+    Args:
+      model: path of a ``.tflite`` file, or its bytes.
+      num_threads: CPU threads.
+      xnnpack: apply the default XNNPACK delegate (which fuses the ops it runs into DELEGATE nodes).
+    """
+    try:
+        from ai_edge_litert import interpreter as litert
+
+        make, resolvers = litert.Interpreter, litert.OpResolverType
+    except ImportError:
+        make, resolvers = tf.lite.Interpreter, tf.lite.experimental.OpResolverType
+    kwargs = {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": model}
+    if not xnnpack:
+        kwargs["experimental_op_resolver_type"] = resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    runner = make(num_threads=num_threads, **kwargs)
+    runner.allocate_tensors()
+    return runner
+
+
+def op_names(model) -> set:
+    """Names of the ops in a TFLite model (path or bytes); custom ops by their custom name."""
+    return {op["op_name"] for op in interpreter(model, 1, xnnpack=False)._get_ops_details()}
+
+
+def postprocess_options(model) -> dict:
+    """The attributes of the ``TFLite_Detection_PostProcess`` op in a model (path or bytes); {} if it has none."""
+    if isinstance(model, (bytes, bytearray)):
+        parsed = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
+    else:
+        parsed = flatbuffer_utils.read_model(model)
+    for subgraph in parsed.subgraphs:
+        for op in subgraph.operators:
+            code = parsed.operatorCodes[op.opcodeIndex].customCode
+            if code and code.decode() == "TFLite_Detection_PostProcess":
+                return flexbuffers.Loads(bytes(op.customOptions))
+    return {}
+
+
+def tflite_predict_fn(path: str, num_threads: int = 2) -> Callable[[np.ndarray], Dict[str, np.ndarray]]:
+    """A predict function over a ``.tflite`` written by ``export_tflite``.
+
+    Args:
+      path: the ``.tflite`` file.
+      num_threads: interpreter threads.
+
+    Returns:
+      ``predict(images)``: uint8 [H, W, 3] or [B, H, W, 3] of any size (warp-resized to S x S here,
+      one image per invoke) -> dict ``boxes`` float32 [B, N, 4] normalized yxyx clipped to [0, 1],
+      ``scores`` float32 [B, N], ``classes`` int32 [B, N] data labels (0-based), ``num_detections``
+      int32 [B]; entries past num_detections are zero (``postprocess.detect``'s format).
+
+    Raises:
+      FileNotFoundError: naming ``path`` if it does not exist.
+      ValueError: naming ``path`` if it is not a model of this shape.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"TFLite model {path!r} not found")
+    try:
+        options = postprocess_options(path)
+    except Exception as err:  # noqa: BLE001  (the flatbuffer parser raises whatever garbage provokes)
+        raise ValueError(f"{path!r} is not a TFLite model: {err}") from None
+    if options.get("use_regular_nms") and 1 < num_threads < options.get("num_classes", 0):
+        logging.warning("%s uses regular NMS, which LiteRT computes wrongly with %d threads "
+                        "(tensorflow/tensorflow#56058); running it with 1 thread", path, num_threads)
+        num_threads = 1
+    try:
+        runner = interpreter(path, num_threads).get_signature_runner()
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"{path!r} is not a usable TFLite model: {err}") from None
+    spec = runner.get_input_details().get("images")
+    if spec is None or list(spec["shape"][:1]) != [1]:
+        raise ValueError(f"{path!r} has no 'images' [1, S, S, 3] input (inputs: {list(runner.get_input_details())})")
+    image_size = int(spec["shape"][1])
+
+    def predict(images):
+        images = export.as_batch(images)
+        results = []
+        for image in images:
+            out = runner(images=resize_uint8(image, image_size)[None])
+            results.append(_from_op_outputs(out))
+        return {key: np.stack([r[key] for r in results]) for key in ("boxes", "scores", "classes", "num_detections")}
+
+    return predict
+
+
+def _from_op_outputs(out: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """One image's op outputs -> unbatched library format (classes already 0-based data labels)."""
+    num = int(np.asarray(out["num_detections"]).reshape(-1)[0])
+    boxes = np.clip(np.asarray(out["detection_boxes"], np.float32).reshape(-1, 4), 0.0, 1.0)
+    scores = np.asarray(out["detection_scores"], np.float32).reshape(-1)
+    classes = np.asarray(out["detection_classes"]).reshape(-1).astype(np.int32)
+    keep = np.arange(len(scores)) < num
+    return {"boxes": np.where(keep[:, None], boxes, 0.0).astype(np.float32),
+            "scores": np.where(keep, scores, 0.0).astype(np.float32),
+            "classes": np.where(keep, classes, 0).astype(np.int32),
+            "num_detections": np.int32(num)}

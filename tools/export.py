@@ -1,0 +1,114 @@
+"""Exports a training run as a serving SavedModel (+ optional TFLite models).
+
+    python tools/export.py --model_dir=runs/demo --export_dir=exports/demo/1 [--tflite=fp32,int8]
+        [--calibration_source=shapes:data/shapes | --calibration_dir=DIR]
+
+Config comes from <model_dir>/config.json; dotted flags given on the command line override it
+(e.g. --export.max_detections=50 --eval.score_threshold=0.05; --tflite is --export.tflite).
+int8 is calibrated on --export.num_calibration_images images of --calibration_source (a data URI,
+default: the run's data.val_source) or of the image folder --calibration_dir.
+Last line: {"export_dir": ..., "step": ..., "saved_model_bytes": ..., "tflite_bytes": {mode: n}}.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+
+import _bootstrap  # noqa: F401  (sys.path for a source checkout)
+
+from absl import app, flags, logging
+
+from scratchdet_tf import checkpoints, config, config_flags, export, export_tflite
+
+flags.DEFINE_string("model_dir", None, "Training run folder (config.json + checkpoints).")
+flags.DEFINE_string("checkpoint", None, "Checkpoint prefix to export; default: the newest in --model_dir.")
+flags.DEFINE_string("export_dir", None, "Output folder (a TF Serving version folder, e.g. exports/demo/1).")
+flags.DEFINE_list("tflite", None, f"TFLite modes to write, any of {','.join(config.TFLITE_MODES)} (= --export.tflite).")
+flags.DEFINE_enum("tflite_nms", "fast", ["fast", "regular"],
+                  "TFLite NMS: fast (class-agnostic, any thread count) or regular (per class, as the SavedModel; "
+                  "LiteRT computes it correctly only with 1 thread or >= num_classes threads).")
+flags.DEFINE_string("calibration_source", None, "int8 calibration data URI (default: the run's data.val_source).")
+flags.DEFINE_string("calibration_dir", None, "int8 calibration from a folder of images instead.")
+FLAGS = flags.FLAGS
+config_flags.define_flags(FLAGS)
+
+
+def _overridden_config(cfg: config.Config) -> config.Config:
+    """``cfg`` with the dotted flags that were given on the command line."""
+    flag_cfg = config_flags.config_or_exit(FLAGS)
+    overrides = {}
+    for section in dataclasses.fields(config.Config):
+        for field in dataclasses.fields(section.default_factory):
+            if FLAGS[f"{section.name}.{field.name}"].present:
+                overrides[f"{section.name}__{field.name}"] = getattr(getattr(flag_cfg, section.name), field.name)
+    if FLAGS.tflite is not None:
+        overrides["export__tflite"] = tuple(FLAGS.tflite)
+    return config.replace(cfg, **overrides)
+
+
+def _class_names(cfg: config.Config) -> tuple:
+    try:
+        from scratchdet_tf.data import pipeline
+
+        return pipeline.class_names(cfg.data)
+    except (OSError, ValueError, ImportError) as err:
+        logging.warning("class names of %r unavailable (%s); using class_1..class_%d",
+                        cfg.data.train_source, err, cfg.model.num_classes)
+        return export.default_class_names(cfg)
+
+
+def _calibration_images(cfg: config.Config):
+    folder, source = FLAGS.calibration_dir, FLAGS.calibration_source or cfg.data.val_source
+    if folder and not os.path.isdir(folder):
+        raise FileNotFoundError(f"--calibration_dir={folder} is not a folder")
+
+    def images():
+        if folder:
+            return export_tflite.folder_images(folder)
+        return export_tflite.source_images(source, cfg.data.tfds_data_dir)
+
+    return export_tflite.representative_images(images, cfg.model.image_size, cfg.export.num_calibration_images)
+
+
+def _saved_model_bytes(export_dir: str) -> int:
+    """Bytes of saved_model.pb, variables/ and assets/ (what TF Serving loads)."""
+    total = os.path.getsize(os.path.join(export_dir, "saved_model.pb"))
+    for part in ("variables", "assets"):
+        for root, _, names in os.walk(os.path.join(export_dir, part)):
+            total += sum(os.path.getsize(os.path.join(root, name)) for name in names)
+    return total
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS.model_dir or not FLAGS.export_dir:
+        raise app.UsageError("--model_dir and --export_dir are required")
+    try:
+        cfg = _overridden_config(checkpoints.load_config(FLAGS.model_dir))
+        restored = checkpoints.restore_model(FLAGS.model_dir, FLAGS.checkpoint, cfg)
+    except (FileNotFoundError, ValueError, config.ConfigError) as err:
+        sys.exit(f"export.py: error: {err}")
+    info = export.export_saved_model(restored.model, restored.anchors, cfg, FLAGS.export_dir, _class_names(cfg),
+                                     checkpoint=restored.checkpoint, step=restored.step)
+    saved_model_bytes = _saved_model_bytes(FLAGS.export_dir)
+    print(f"SavedModel of {restored.checkpoint} (step {restored.step}): {FLAGS.export_dir} "
+          f"({saved_model_bytes / 1e6:.1f} MB, {len(info['class_names'])} classes)")
+    written = {}
+    if cfg.export.tflite:
+        try:
+            calibration = _calibration_images(cfg) if "int8" in cfg.export.tflite else None
+            written = export_tflite.export_tflite(restored.model, restored.anchors, cfg, FLAGS.export_dir,
+                                                  cfg.export.tflite, calibration,
+                                                  use_regular_nms=FLAGS.tflite_nms == "regular")
+        except (OSError, ValueError) as err:
+            sys.exit(f"export.py: error: TFLite export failed: {err}")
+        for mode, entry in written.items():
+            print(f"TFLite {mode}: {os.path.join(FLAGS.export_dir, entry['file'])} ({entry['bytes'] / 1e6:.2f} MB)")
+    print(json.dumps({"export_dir": FLAGS.export_dir, "step": restored.step, "saved_model_bytes": saved_model_bytes,
+                      "tflite_bytes": {mode: entry["bytes"] for mode, entry in written.items()}}))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=lambda argv: config_flags.parse_argv(argv, FLAGS))
