@@ -14,9 +14,10 @@ $(STAMP): requirements-lock.txt setup.cfg pyproject.toml
 
 venv: $(STAMP)
 
-# The main job on the built-in synthetic data.
+# The main job on the built-in synthetic data: make the data, train, evaluate, export, draw.
+# A finished run in runs/shapes_demo is reused; delete the folder to train again.
 demo: venv
-	$(BIN)/python tools/model_summary.py --flagfile=configs/shapes_demo.cfg
+	$(BIN)/python tools/demo.py --flagfile=configs/shapes_demo.cfg --model_dir=runs/shapes_demo
 
 lint: venv
 	$(BIN)/ruff check .

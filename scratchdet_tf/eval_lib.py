@@ -6,7 +6,7 @@ Two ways in:
 - ``evaluate_predict_fn(predict_fn, source)``: any predict function that maps uint8 original images
   [B, H, W, 3] to ``{"boxes": [B, N, 4] normalized yxyx, "scores": [B, N], "classes": [B, N] labels 0..C-1,
   "num_detections": [B]}`` (``postprocess.detect``'s outputs). ``model_predict_fn`` and
-  ``saved_model_predict_fn`` make one; a TFLite model plugs in the same way. It is called one image at a
+  ``export.load_predict_fn`` (SavedModel or .tflite) make one. It is called one image at a
   time (B = 1), since originals differ in size.
 
 Scoring follows ``eval.metric``: voc07 and voc12 give both VOC APs (11-point and area; the table shows the
@@ -189,36 +189,6 @@ def model_predict_fn(cfg, model, anchors) -> PredictFn:
                                                  mean_rgb=cfg.data.mean_rgb) for image in images])
         return {k: v.numpy() for k, v in detect(batch).items()}
 
-    return predict
-
-
-def saved_model_predict_fn(path: str) -> PredictFn:
-    """Predict function of an exported SavedModel's ``serving_default`` signature.
-
-    The signature takes uint8 images [B, H, W, 3] (its one input, whatever its name) and returns
-    ``detection_boxes`` [B, N, 4] normalized yxyx, ``detection_scores`` [B, N], ``detection_classes``
-    [B, N] (float, 1-based) and ``num_detections`` [B]; classes are mapped back to labels 0..C-1.
-
-    Raises:
-      FileNotFoundError / ValueError: naming a missing folder or one without that signature.
-    """
-    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
-        raise FileNotFoundError(f"no SavedModel (saved_model.pb) in {path}")
-    loaded = tf.saved_model.load(path)
-    if "serving_default" not in loaded.signatures:
-        raise ValueError(f"{path}: no serving_default signature (has {sorted(loaded.signatures)})")
-    signature = loaded.signatures["serving_default"]
-    input_names = list(signature.structured_input_signature[1])
-    if len(input_names) != 1:
-        raise ValueError(f"{path}: serving_default takes {input_names}; expected one uint8 image input")
-
-    def predict(images):
-        outputs = signature(**{input_names[0]: tf.convert_to_tensor(images, tf.uint8)})
-        return {"boxes": outputs["detection_boxes"].numpy(), "scores": outputs["detection_scores"].numpy(),
-                "classes": np.round(outputs["detection_classes"].numpy()).astype(np.int64) - 1,
-                "num_detections": outputs["num_detections"].numpy().astype(np.int64)}
-
-    predict.saved_model = loaded  # keeps the loaded object (and its variables) alive
     return predict
 
 

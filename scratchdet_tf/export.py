@@ -27,6 +27,7 @@ from typing import Callable, Dict, Sequence
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from scratchdet_tf import config as config_lib
 from scratchdet_tf import postprocess
@@ -155,8 +156,21 @@ def export_info(cfg: config_lib.Config, model: keras.Model, class_names: Sequenc
 
 
 def default_class_names(cfg: config_lib.Config) -> tuple:
-    """``data.class_names`` if set, else ``class_1`` .. ``class_C``."""
-    return tuple(cfg.data.class_names) or tuple(f"class_{k + 1}" for k in range(cfg.model.num_classes))
+    """``data.class_names`` if set, else the training source's names, else ``class_1`` .. ``class_C``."""
+    if cfg.data.class_names:
+        return tuple(cfg.data.class_names)
+    try:
+        from scratchdet_tf.data import pipeline  # reads only the source's annotations / metadata
+
+        names = tuple(pipeline.class_names(cfg.data))
+        if len(names) == cfg.model.num_classes:
+            return names
+        logging.warning("%r has %d classes, the model %d; using class_1..class_%d", cfg.data.train_source,
+                        len(names), cfg.model.num_classes, cfg.model.num_classes)
+    except (OSError, ValueError, ImportError) as err:
+        logging.warning("class names of %r unavailable (%s); using class_1..class_%d",
+                        cfg.data.train_source, err, cfg.model.num_classes)
+    return tuple(f"class_{k + 1}" for k in range(cfg.model.num_classes))
 
 
 def export_saved_model(model: keras.Model, anchors: np.ndarray, cfg: config_lib.Config, export_dir: str,
@@ -293,10 +307,16 @@ def saved_model_predict_fn(export_dir: str) -> Callable[[np.ndarray], Dict[str, 
     if not tf.saved_model.contains_saved_model(export_dir):
         raise FileNotFoundError(f"no SavedModel in {export_dir!r}")
     loaded = tf.saved_model.load(export_dir)
+    if "serving_default" not in loaded.signatures:
+        raise ValueError(f"{export_dir}: no serving_default signature (has {sorted(loaded.signatures)})")
     signature = loaded.signatures["serving_default"]
+    # Ours is named "images"; TF OD API exports call it "input_tensor": take the one input, whatever its name.
+    input_names = list(signature.structured_input_signature[1])
+    if len(input_names) != 1:
+        raise ValueError(f"{export_dir}: serving_default takes {input_names}; expected one uint8 image input")
 
     def predict(images):
-        outputs = signature(images=tf.constant(as_batch(images)))
+        outputs = signature(**{input_names[0]: tf.constant(as_batch(images))})
         return from_serving_outputs({k: v.numpy() for k, v in outputs.items()})
 
     predict.saved_model = loaded  # the signature's variables live as long as the loaded object

@@ -224,6 +224,11 @@ def train(cfg: config_lib.Config, model_dir: str) -> Dict:
 
         strategy.run(apply, args=(grads,))
 
+    previous = os.path.join(model_dir, "train_result.json")
+    if int(step.numpy()) >= tcfg.max_steps and os.path.isfile(previous):
+        with open(previous) as f:  # nothing left to train: report the run that finished it
+            return {**json.load(f), "steps_this_run": 0}
+
     # --- loop ---
     writer = tf.summary.create_file_writer(os.path.join(model_dir, "train")) if is_chief else None
     eval_writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval")) if is_chief else None

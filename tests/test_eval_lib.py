@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.util import event_pb2
 
-from scratchdet_tf import config, config_flags, eval_lib, voc_io
+from scratchdet_tf import config, config_flags, eval_lib, export, voc_io
 from scratchdet_tf.data import shapes
 from scratchdet_tf.models import ssd
 
@@ -135,7 +135,7 @@ def test_wrong_class_count_names_the_source(data, tiny):
         eval_lib.evaluate(config.replace(cfg, model__num_classes=3), model, anchors)
 
 
-def test_saved_model_predict_fn_maps_the_export_contract(tmp_path):
+def test_saved_model_predict_fn_maps_the_od_api_export_contract(tmp_path):
     class Exported(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="input_tensor")])
         def serve(self, images):
@@ -146,13 +146,13 @@ def test_saved_model_predict_fn_maps_the_export_contract(tmp_path):
 
     module = Exported()
     tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.serve})
-    predict = eval_lib.saved_model_predict_fn(str(tmp_path / "sm"))
+    predict = export.load_predict_fn(str(tmp_path / "sm"))
     out = predict(np.zeros((2, 20, 30, 3), np.uint8))
     np.testing.assert_array_equal(out["num_detections"], [1, 1])
     assert out["classes"][:, 0].tolist() == [2, 2]  # 1-based float class 3 -> label 2
     np.testing.assert_allclose(out["boxes"][1, 0], [0.1, 0.2, 0.5, 0.6])
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        eval_lib.saved_model_predict_fn(str(tmp_path / "nowhere"))
+        export.load_predict_fn(str(tmp_path / "nowhere"))
 
 
 def test_continuous_evaluation_writes_tensorboard_and_stops_at_max_steps(data, tiny, tmp_path):

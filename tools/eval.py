@@ -2,7 +2,7 @@
 
   python tools/eval.py --model_dir=M [--checkpoint=M/ckpt-500] [--source=URI] [--eval.multi_scale=true]
   python tools/eval.py --model_dir=M --continuous [--timeout=3600]    # each new checkpoint, to TensorBoard M/eval
-  python tools/eval.py --saved_model=DIR [--model_dir=M] --source=URI [--eval.metric=coco]
+  python tools/eval.py --saved_model=DIR|FILE.tflite [--model_dir=M] --source=URI [--eval.metric=coco]
   python tools/eval.py --voc_devkit=VOCdevkit/VOC2007 --image_set=test --voc_results=DIR [--use_07_metric]
   python tools/eval.py --coco_gt=instances_val2017.json --coco_results=results.json
 
@@ -26,7 +26,8 @@ FLAGS = flags.FLAGS
 config_flags.define_flags(FLAGS)
 flags.DEFINE_string("model_dir", None, "Training run folder: evaluates its newest checkpoint with its config.json.")
 flags.DEFINE_string("checkpoint", None, "Checkpoint prefix to evaluate instead of the newest, e.g. M/ckpt-500.")
-flags.DEFINE_string("saved_model", None, "Exported SavedModel folder (serving_default: uint8 images -> detections).")
+flags.DEFINE_string("saved_model", None, "Exported SavedModel folder (serving_default: uint8 images -> detections) "
+                    "or a .tflite file written by tools/export.py.")
 flags.DEFINE_string("source", None, "Data source URI to evaluate on (default: --data.val_source of the config).")
 flags.DEFINE_string("output_dir", None, "Where metrics.json / test-set results go (default M/eval).")
 flags.DEFINE_bool("continuous", False, "Evaluate each new checkpoint in --model_dir until train.max_steps.")
@@ -89,7 +90,7 @@ def evaluate_model():
         raise FileNotFoundError(f"no such checkpoint: {FLAGS.checkpoint} (no {FLAGS.checkpoint}.index)")
     if FLAGS.continuous and not FLAGS.model_dir:
         raise app.UsageError("--continuous needs --model_dir")
-    from scratchdet_tf import checkpoints, eval_lib  # TensorFlow loads only for model evaluation
+    from scratchdet_tf import checkpoints, eval_lib, export  # TensorFlow loads only for model evaluation
 
     cfg = run_config()
     source = FLAGS.source or cfg.data.val_source
@@ -97,7 +98,7 @@ def evaluate_model():
         if cfg.eval.multi_scale:
             raise app.UsageError("--eval.multi_scale needs --model_dir (a Keras model), not --saved_model")
         output_dir = FLAGS.output_dir or os.path.normpath(FLAGS.saved_model) + "_eval"
-        predict_fn = eval_lib.saved_model_predict_fn(FLAGS.saved_model)
+        predict_fn = export.load_predict_fn(FLAGS.saved_model)
         return eval_lib.evaluate_predict_fn(
             predict_fn, source, metric=cfg.eval.metric, tfds_data_dir=cfg.data.tfds_data_dir,
             num_images=cfg.eval.num_images, output_dir=output_dir,

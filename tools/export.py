@@ -17,7 +17,7 @@ import sys
 
 import _bootstrap  # noqa: F401  (sys.path for a source checkout)
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from scratchdet_tf import checkpoints, config, config_flags, export, export_tflite
 
@@ -45,17 +45,6 @@ def _overridden_config(cfg: config.Config) -> config.Config:
     if FLAGS.tflite is not None:
         overrides["export__tflite"] = tuple(FLAGS.tflite)
     return config.replace(cfg, **overrides)
-
-
-def _class_names(cfg: config.Config) -> tuple:
-    try:
-        from scratchdet_tf.data import pipeline
-
-        return pipeline.class_names(cfg.data)
-    except (OSError, ValueError, ImportError) as err:
-        logging.warning("class names of %r unavailable (%s); using class_1..class_%d",
-                        cfg.data.train_source, err, cfg.model.num_classes)
-        return export.default_class_names(cfg)
 
 
 def _calibration_images(cfg: config.Config):
@@ -90,7 +79,8 @@ def main(argv):
         restored = checkpoints.restore_model(FLAGS.model_dir, FLAGS.checkpoint, cfg)
     except (FileNotFoundError, ValueError, config.ConfigError) as err:
         sys.exit(f"export.py: error: {err}")
-    info = export.export_saved_model(restored.model, restored.anchors, cfg, FLAGS.export_dir, _class_names(cfg),
+    info = export.export_saved_model(restored.model, restored.anchors, cfg, FLAGS.export_dir,
+                                     export.default_class_names(cfg),
                                      checkpoint=restored.checkpoint, step=restored.step)
     saved_model_bytes = _saved_model_bytes(FLAGS.export_dir)
     print(f"SavedModel of {restored.checkpoint} (step {restored.step}): {FLAGS.export_dir} "
