@@ -1,39 +1,10 @@
-"""Input-pipeline throughput: decode + SSD augmentation + VOC300 target encoding, batched.
+"""Input-pipeline throughput: decode + SSD augmentation + target encoding, batched.
 
-  python tools/bench_input.py --source=shapes:/tmp/shapes [--image_size=300 --seconds=10 --profile]
-
-Without ``--source`` a shapes dataset is written to a temporary folder first. The last line
-printed is one JSON object: ``{"mode": "input", "images_per_sec": ...}``; ``--profile`` adds
-the rate of each stage alone (bytes read, full decode, augmentation, target encoding).
+Used by ``python tools/benchmark.py input --source=URI [--image_size=300 --seconds=10 --profile]``;
+``profile`` adds the rate of each stage alone (bytes read, full decode, augmentation, target encoding).
 """
 
-import json
-import math
-import os
-import tempfile
 import time
-
-import _bootstrap  # noqa: F401  (puts the checkout on sys.path)
-
-from absl import app, flags
-
-flags.DEFINE_string("source", "", "Data source URI (training split); empty: a fresh shapes dataset.")
-flags.DEFINE_integer("image_size", 300, "Square input side.")
-flags.DEFINE_float("seconds", 10.0, "Timed seconds (after warm-up) per measurement.")
-flags.DEFINE_integer("batch_size", 32, "Images per batch.")
-flags.DEFINE_string("tfds_data_dir", "", "TFDS data directory for tfds: sources.")
-flags.DEFINE_bool("profile", False, "Also time each stage alone.")
-FLAGS = flags.FLAGS
-
-
-def feature_map_sizes(image_size):
-    """Detection-level sizes of the paper network: root pool /2, three stride-2 stages, extras."""
-    sizes, s = [], image_size // 2  # root max-pool
-    for level in range(7):  # conv3, conv4, conv5, extras 1-3 halve (ceil); extra 4 is a valid 3x3/2
-        s = max((s - 3) // 2 + 1, 1) if level == 6 else math.ceil(s / 2)
-        if level >= 1:
-            sizes.append((s, s))
-    return sizes
 
 
 def _rate(ds, seconds, images_per_element):
@@ -65,11 +36,14 @@ def run_input_benchmark(source, image_size=300, seconds=10.0, batch_size=32, tfd
     """
     import tensorflow as tf
 
-    from scratchdet_tf import anchors as anchors_lib
     from scratchdet_tf import config, targets
     from scratchdet_tf.data import augment, images, pipeline, readers
+    from scratchdet_tf.models import ssd
 
-    priors = anchors_lib.anchors_from_config(config.AnchorConfig(), image_size, feature_map_sizes(image_size))
+    # The paper network's priors at this input size (VOC300: 8,732).
+    model_cfg = config.ModelConfig(image_size=image_size)
+    model = ssd.build_model(model_cfg, config.AnchorConfig())
+    priors = ssd.model_anchors(model, config.AnchorConfig(), image_size)
     data_cfg = config.DataConfig(train_source=source, tfds_data_dir=tfds_data_dir)
     ds = pipeline.make_dataset(data_cfg, priors, training=True, image_size=image_size, batch_size=batch_size)
     result = {"mode": "input", "images_per_sec": round(_rate(ds, seconds, batch_size), 1),
@@ -106,22 +80,3 @@ def run_input_benchmark(source, image_size=300, seconds=10.0, batch_size=32, tfd
     for name, stage in stages.items():
         result[f"{name}_images_per_sec"] = round(_rate(stage.prefetch(64), seconds, 1), 1)
     return result
-
-
-def main(argv):
-    del argv
-    source = FLAGS.source
-    if not source:
-        from scratchdet_tf.data import shapes
-
-        root = tempfile.mkdtemp(prefix="bench_shapes_")
-        shapes.write_split(root, "train", 500, seed=0)
-        source = f"shapes:{os.path.join(root)}:train"
-    result = run_input_benchmark(source, FLAGS.image_size, FLAGS.seconds, FLAGS.batch_size, FLAGS.tfds_data_dir,
-                                 FLAGS.profile)
-    result["source"] = source
-    print(json.dumps(result))
-
-
-if __name__ == "__main__":
-    app.run(main)

@@ -8,6 +8,10 @@ Modes:
            --model, of the config given by --flagfile/dotted flags: random weights, exported to a temp
            dir, timing the Keras forward pass, the SavedModel and each TFLite mode (XNNPACK).
   eval:    evaluation.voc_evaluate on VOC07-test-sized random results (4,952 images x 200 detections).
+  input:   the training input pipeline (decode + SSD augmentation + target encoding, batched) on
+           --source (default: a fresh 500-image shapes dataset), --image_size, --seconds, --profile.
+  train:   training images/s of the config (--flagfile/dotted flags) for each --precisions x --xla
+           combination, --train_steps steps each (data: --data.train_source, default fresh shapes data).
 """
 
 import json
@@ -29,6 +33,13 @@ flags.DEFINE_integer("batch", 1, "infer: images per call (TFLite runs them one b
 flags.DEFINE_integer("iterations", 10, "infer: timed calls per model (after 2 warm-up calls; median reported).")
 flags.DEFINE_integer("threads", 2, "infer: TF intra-op threads and TFLite interpreter threads.")
 flags.DEFINE_list("infer_tflite", ["fp32", "fp16", "dynamic", "int8"], "infer (config): TFLite modes to time.")
+flags.DEFINE_string("source", "", "input: data source URI; empty: a fresh shapes dataset.")
+flags.DEFINE_integer("image_size", 300, "input: square input side.")
+flags.DEFINE_float("seconds", 10.0, "input: timed seconds per measurement.")
+flags.DEFINE_bool("profile", False, "input: also time each pipeline stage alone.")
+flags.DEFINE_integer("train_steps", 30, "train: steps per combination (the first is not timed).")
+flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "train: mixed-precision policies to time.")
+flags.DEFINE_list("xla", ["false", "true"], "train: jit_compile settings to time.")
 FLAGS = flags.FLAGS
 config_flags.define_flags(FLAGS)
 
@@ -228,11 +239,58 @@ def run_eval():
     return result
 
 
+def _fresh_shapes(num_train=500):
+    import tempfile
+
+    from scratchdet_tf.data import shapes
+
+    root = tempfile.mkdtemp(prefix="bench_shapes_")
+    shapes.write_split(root, "train", num_train, seed=0)
+    shapes.write_split(root, "val", 10, seed=0)
+    return root
+
+
+def run_input():
+    import bench_input  # tools/bench_input.py: the pipeline and per-stage timing
+
+    source = FLAGS.source or f"shapes:{_fresh_shapes()}:train"
+    result = bench_input.run_input_benchmark(source, FLAGS.image_size, FLAGS.seconds, FLAGS.batch_size,
+                                             FLAGS["data.tfds_data_dir"].value, FLAGS.profile)
+    result["source"] = source
+    print(f"training input pipeline on {source} at {FLAGS.image_size}px, batch {FLAGS.batch_size}: "
+          f"{result['images_per_sec']} images/s")
+    return result
+
+
+def run_train():
+    import tempfile
+
+    from scratchdet_tf import config, train_lib
+
+    cfg = config_flags.config_or_exit(FLAGS)
+    if not FLAGS["data.train_source"].present:
+        cfg = config.replace(cfg, data__train_source=f"shapes:{_fresh_shapes()}")
+    result = {"mode": "train", "config": cfg.model.backbone, "image_size": cfg.model.image_size,
+              "batch_size": cfg.train.batch_size}
+    for precision in FLAGS.precisions:
+        for xla in FLAGS.xla:
+            run_cfg = config.replace(cfg, train__mixed_precision=precision, train__jit_compile=xla == "true",
+                                     train__max_steps=FLAGS.train_steps, train__deterministic=False,
+                                     train__log_every_steps=FLAGS.train_steps, train__sync_bn=False)
+            out = train_lib.train(run_cfg, tempfile.mkdtemp(prefix="bench_train_"))
+            key = f"{precision}{'_xla' if xla == 'true' else ''}_images_per_sec"
+            result[key] = out["images_per_sec"]
+            print(f"train {precision:>15} xla={xla:<5}: {out['images_per_sec']} images/s")
+    return result
+
+
 MODES = {
     "targets": run_targets,
     "detect": run_detect,
     "infer": run_infer,
     "eval": run_eval,
+    "input": run_input,
+    "train": run_train,
 }
 
 
