@@ -400,6 +400,9 @@ def test_benchmark_infer_mode_reports_speed_from_the_export_info(exported):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["mode"] == "infer" and summary["model"].endswith("model_int8.tflite") and summary["batch"] == 1
-    assert summary["latency_ms"] > 0 and summary["images_per_sec"] == pytest.approx(1e3 / summary["latency_ms"], 0.01)
+    # latency_ms is printed rounded to 0.01 ms, and a tiny model runs in a fraction of a millisecond.
+    latency = summary["latency_ms"]
+    assert latency > 0
+    assert 0.99e3 / (latency + 0.005) <= summary["images_per_sec"] <= 1.01e3 / max(latency - 0.005, 1e-6)
     macs = ssd.conv_macs(exported["model"])
     assert summary["gflops_per_sec"] == pytest.approx(2 * macs * summary["images_per_sec"] / 1e9, abs=0.1)
