@@ -24,7 +24,7 @@ from absl import logging
 from tensorflow.python.framework import config as tf_framework_config
 
 from scratchdet_tf import config as config_lib
-from scratchdet_tf import losses, optim
+from scratchdet_tf import finetune, losses, optim
 from scratchdet_tf.data import pipeline
 from scratchdet_tf.models import ssd
 
@@ -154,8 +154,8 @@ def train(cfg: config_lib.Config, model_dir: str) -> Dict:
         checkpoint.restore(latest).assert_existing_objects_matched()
         logging.info("resumed from %s at step %d", latest, int(step.numpy()))
     elif tcfg.init_checkpoint:
-        init = tf.train.latest_checkpoint(tcfg.init_checkpoint) or tcfg.init_checkpoint
-        tf.train.Checkpoint(model=model).read(init).expect_partial()
+        # Weights only; an 81-class COCO model maps onto 21 VOC classes (SPEC §7).
+        init = finetune.load_init_checkpoint(model, tcfg.init_checkpoint, cfg)
         logging.info("initialized weights from %s", init)
 
     # --- step ---

@@ -132,6 +132,19 @@ def test_divergence_guard_skips_non_finite_steps_and_keeps_the_last_good_checkpo
         np.testing.assert_array_equal(a, b)
 
 
+def test_init_checkpoint_loads_weights_but_starts_at_step_zero(shapes_dir, tmp_path):
+    train_lib.train(tiny_cfg(shapes_dir, max_steps=2), str(tmp_path / "source"))
+    source_weights = weights(tmp_path / "source")
+    cfg = tiny_cfg(shapes_dir, max_steps=1, learning_rate=1e-12, weight_decay=0.0,
+                   init_checkpoint=str(tmp_path / "source"))
+    result = train_lib.train(cfg, str(tmp_path / "target"))
+    assert result["step"] == 1 and result["steps_this_run"] == 1
+    # lr ~ 0: the one step leaves the conv kernels as loaded (BN moving statistics do move).
+    for a, b in zip(source_weights, weights(tmp_path / "target")):
+        if a.ndim == 4:
+            np.testing.assert_allclose(a, b, atol=1e-9)
+
+
 def test_batch_that_does_not_divide_over_replicas_is_a_config_error(shapes_dir, tmp_path):
     cfg = tiny_cfg(shapes_dir, batch_size=3, strategy="mirrored", devices=("/cpu:0", "/cpu:1"))
     with pytest.raises(config.ConfigError, match="--train.batch_size=3"):
