@@ -15,8 +15,8 @@ COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR
 
 def normalized_to_coco_xywh(boxes, image_size):
     """Normalized [ymin, xmin, ymax, xmax] [N, 4] + (height, width) -> float64 [N, 4] absolute COCO xywh."""
-    boxes = _as_array(boxes, np.float64, (None, 4), "boxes")
-    height, width = _image_size(image_size)
+    boxes = checked_array(boxes, np.float64, (None, 4), "boxes")
+    height, width = image_height_width(image_size)
     x, y = boxes[:, 1] * width, boxes[:, 0] * height
     return np.stack([x, y, boxes[:, 3] * width - x, boxes[:, 2] * height - y], 1)
 
@@ -112,14 +112,14 @@ class CocoEvaluator:
             raise ValueError(f"image {image_id} added twice")
         if gt_boxes is not None and self._coco_gt is not None:
             raise ValueError(f"image {image_id}: gt_boxes given, but the ground truth is the instances JSON")
-        height, width = _image_size(image_size)
+        height, width = image_height_width(image_size)
         det_xywh = normalized_to_coco_xywh(det_boxes, image_size)
-        det_scores = _as_array(det_scores, np.float64, (len(det_xywh),), f"image {image_id}: det_scores")
+        det_scores = checked_array(det_scores, np.float64, (len(det_xywh),), f"image {image_id}: det_scores")
         det_categories = self._category(det_labels, len(det_xywh), image_id)
         if gt_boxes is not None:
             gt_xywh = normalized_to_coco_xywh(gt_boxes, image_size)
             gt_categories = self._category(gt_labels, len(gt_xywh), image_id)
-            gt_iscrowd = _as_array(np.zeros(len(gt_xywh), bool) if gt_iscrowd is None else gt_iscrowd, bool,
+            gt_iscrowd = checked_array(np.zeros(len(gt_xywh), bool) if gt_iscrowd is None else gt_iscrowd, bool,
                                    (len(gt_xywh),), f"image {image_id}: gt_iscrowd")
         # Checked above; from here on nothing fails halfway through an image.
         self._images[image_id] = {"id": image_id, "height": height, "width": width}
@@ -146,7 +146,7 @@ class CocoEvaluator:
         return coco_evaluate(coco_gt, self.records, list(self._images))
 
     def _category(self, labels, num_boxes, image_id):
-        labels = _as_array(labels, np.int64, (num_boxes,), f"image {image_id}: labels")
+        labels = checked_array(labels, np.int64, (num_boxes,), f"image {image_id}: labels")
         if labels.size and (labels.min() < 0 or labels.max() >= len(self.category_ids)):
             raise ValueError(f"image {image_id}: labels must be in 0..{len(self.category_ids) - 1}, got {labels}")
         return [self.category_ids[label] for label in labels]
@@ -170,7 +170,7 @@ def _coco_api_from(dataset):
     return coco
 
 
-def _as_array(value, dtype, shape, what):
+def checked_array(value, dtype, shape, what):
     """np.asarray(value, dtype) checked against shape (None = any size); [0] arrays may stand for [0, 4]."""
     array = np.asarray(value, dtype)
     if array.size == 0 and len(shape) == 2:
@@ -180,7 +180,7 @@ def _as_array(value, dtype, shape, what):
     return array
 
 
-def _image_size(image_size):
+def image_height_width(image_size):
     height, width = (int(v) for v in image_size)
     if height <= 0 or width <= 0:
         raise ValueError(f"image_size must be (height, width) > 0, got {image_size}")

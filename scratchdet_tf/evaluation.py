@@ -17,6 +17,10 @@ import numpy as np
 
 from scratchdet_tf import coco_eval
 
+# Shared argument checks (defined in coco_eval, which this module imports).
+_as_array = coco_eval.checked_array
+_image_size = coco_eval.image_height_width
+
 # COCO names kept here for existing callers (the code is in coco_eval).
 COCO_STAT_NAMES = coco_eval.COCO_STAT_NAMES
 CocoEvaluator = coco_eval.CocoEvaluator
@@ -280,23 +284,6 @@ def _json_safe(obj):
 def _nanmean(values):
     values = [v for v in values if not math.isnan(v)]
     return float(np.mean(values)) if values else math.nan
-
-
-def _as_array(value, dtype, shape, what):
-    """np.asarray(value, dtype) checked against shape (None = any size); [0] arrays may stand for [0, 4]."""
-    array = np.asarray(value, dtype)
-    if array.size == 0 and len(shape) == 2:
-        array = array.reshape(0, shape[1])
-    if array.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, array.shape)):
-        raise ValueError(f"{what}: expected shape {tuple('N' if s is None else s for s in shape)}, got {array.shape}")
-    return array
-
-
-def _image_size(image_size):
-    height, width = (int(v) for v in image_size)
-    if height <= 0 or width <= 0:
-        raise ValueError(f"image_size must be (height, width) > 0, got {image_size}")
-    return height, width
 
 
 def _flatten(per_image, image_index, what, fields):
