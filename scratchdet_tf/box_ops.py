@@ -10,8 +10,8 @@ for ground-truth centre (gy, gx) and size (gh, gw), prior centre (py, px) and si
 variances ``(vy, vx, vh, vw) = (0.1, 0.1, 0.2, 0.2)``. Caffe stores the same numbers in
 (dx, dy, dw, dh) order; TFLite_Detection_PostProcess expects ours (y, x, h, w, scales 10/10/5/5).
 
-Foreign formats (pixel xyxy / xywh) are converted only where data enters (readers) or leaves
-(evaluation, export), with the helpers at the end of this module.
+Foreign formats (pixel xyxy / xywh) are converted only where data enters (``data/annotations.py``)
+or leaves (``evaluation.py``, ``coco_eval.py``).
 """
 
 from __future__ import annotations
@@ -146,73 +146,3 @@ def clip(boxes):
       float32 [..., 4].
     """
     return tf.clip_by_value(tf.convert_to_tensor(boxes, tf.float32), 0.0, 1.0)
-
-
-# --- foreign formats: for readers (in) and evaluation/export (out) only ---
-
-
-def from_xyxy_pixels(boxes, height, width):
-    """Pixel [xmin, ymin, xmax, ymax] -> normalized yxyx.
-
-    Args:
-      boxes: [..., 4] pixel corners (VOC XML after its 1-based offset is removed).
-      height: image height in pixels.
-      width: image width in pixels.
-
-    Returns:
-      float32 [..., 4] normalized yxyx.
-    """
-    boxes = tf.convert_to_tensor(boxes, tf.float32)
-    h = tf.cast(height, tf.float32)
-    w = tf.cast(width, tf.float32)
-    xmin, ymin, xmax, ymax = tf.unstack(boxes, 4, axis=-1)
-    return tf.stack([ymin / h, xmin / w, ymax / h, xmax / w], axis=-1)
-
-
-def to_xyxy_pixels(boxes, height, width):
-    """Normalized yxyx -> pixel [xmin, ymin, xmax, ymax].
-
-    Args:
-      boxes: float32 [..., 4] normalized yxyx.
-      height: image height in pixels.
-      width: image width in pixels.
-
-    Returns:
-      float32 [..., 4] pixel corners.
-    """
-    boxes = tf.convert_to_tensor(boxes, tf.float32)
-    h = tf.cast(height, tf.float32)
-    w = tf.cast(width, tf.float32)
-    ymin, xmin, ymax, xmax = tf.unstack(boxes, 4, axis=-1)
-    return tf.stack([xmin * w, ymin * h, xmax * w, ymax * h], axis=-1)
-
-
-def from_xywh_pixels(boxes, height, width):
-    """Pixel [x, y, width, height] (COCO JSON) -> normalized yxyx.
-
-    Args:
-      boxes: [..., 4] pixel (x, y, w, h) with (x, y) the top-left corner.
-      height: image height in pixels.
-      width: image width in pixels.
-
-    Returns:
-      float32 [..., 4] normalized yxyx.
-    """
-    boxes = tf.convert_to_tensor(boxes, tf.float32)
-    x, y, bw, bh = tf.unstack(boxes, 4, axis=-1)
-    return from_xyxy_pixels(tf.stack([x, y, x + bw, y + bh], axis=-1), height, width)
-
-
-def to_xywh_pixels(boxes, height, width):
-    """Normalized yxyx -> pixel [x, y, width, height] (COCO results).
-
-    Args:
-      boxes: float32 [..., 4] normalized yxyx.
-      height: image height in pixels.
-      width: image width in pixels.
-
-    Returns:
-      float32 [..., 4] pixel (x, y, w, h).
-    """
-    xmin, ymin, xmax, ymax = tf.unstack(to_xyxy_pixels(boxes, height, width), 4, axis=-1)
-    return tf.stack([xmin, ymin, xmax - xmin, ymax - ymin], axis=-1)

@@ -3,7 +3,6 @@
 import math
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from scratchdet_tf import box_ops
@@ -102,18 +101,3 @@ def test_center_size_round_trip():
 
 def test_clip_to_unit_square():
     np.testing.assert_allclose(box_ops.clip([[-0.1, 0.2, 1.3, 0.9]]).numpy(), [[0.0, 0.2, 1.0, 0.9]], atol=1e-7)
-
-
-@pytest.mark.parametrize("to_fn,from_fn", [
-    (box_ops.to_xyxy_pixels, box_ops.from_xyxy_pixels),
-    (box_ops.to_xywh_pixels, box_ops.from_xywh_pixels),
-])
-def test_pixel_format_round_trip(to_fn, from_fn):
-    boxes = random_boxes(np.random.default_rng(6), 8)
-    np.testing.assert_allclose(from_fn(to_fn(boxes, 375, 500), 375, 500).numpy(), boxes, atol=1e-6)
-
-
-def test_pixel_formats_hand_computed():
-    box = [[0.1, 0.2, 0.5, 0.6]]  # image 200 high, 100 wide
-    np.testing.assert_allclose(box_ops.to_xyxy_pixels(box, 200, 100).numpy(), [[20, 20, 60, 100]], atol=1e-4)
-    np.testing.assert_allclose(box_ops.to_xywh_pixels(box, 200, 100).numpy(), [[20, 20, 40, 80]], atol=1e-4)
