@@ -124,6 +124,20 @@ def image_size(path: str) -> Tuple[int, int]:
         return image.height, image.width
 
 
+def known_size(height, width, path: str) -> Tuple[int, int] | None:
+    """The annotation's (height, width) when it is a valid pair, else the image header's; None if neither."""
+    try:
+        height, width = int(float(height)), int(float(width))
+    except (TypeError, ValueError):
+        height = width = 0
+    if height > 0 and width > 0:
+        return height, width
+    try:
+        return image_size(path)
+    except Exception:  # noqa: BLE001 - any unreadable header means a bad image
+        return None
+
+
 def read_voc(devkit_dir: str, image_set: str, class_names: Sequence[str]) -> Records:
     """Reads ``<devkit_dir>/ImageSets/Main/<image_set>.txt`` and the XML of every listed image.
 
@@ -165,16 +179,11 @@ def read_voc(devkit_dir: str, image_set: str, class_names: Sequence[str]) -> Rec
         except Exception as err:  # ParseError, EntitiesForbidden, DTDForbidden, ...
             records.problems.add(f"unreadable annotation ({type(err).__name__}), image skipped", xml_path)
             continue
-        try:
-            height, width = int(float(root.findtext("size/height"))), int(float(root.findtext("size/width")))
-            if height <= 0 or width <= 0:
-                raise ValueError
-        except (TypeError, ValueError):
-            try:
-                height, width = image_size(jpeg_path)
-            except Exception:  # noqa: BLE001 - any unreadable header means a bad image
-                records.problems.add("no image size in XML or JPEG header, image skipped", xml_path)
-                continue
+        size = known_size(root.findtext("size/height"), root.findtext("size/width"), jpeg_path)
+        if size is None:
+            records.problems.add("no image size in XML or JPEG header, image skipped", xml_path)
+            continue
+        height, width = size
         boxes, labels, difficult = [], [], []
         for obj in root.iter("object"):
             name = (obj.findtext("name") or "").strip().lower()
@@ -242,13 +251,11 @@ def read_coco(json_path: str, image_dir: str, training: bool) -> Records:
         if file_name not in present:
             records.problems.add("missing image, skipped", path)
             continue
-        height, width = int(img.get("height") or 0), int(img.get("width") or 0)
-        if height <= 0 or width <= 0:
-            try:
-                height, width = image_size(path)
-            except Exception:  # noqa: BLE001 - any unreadable header means a bad image
-                records.problems.add("no image size in JSON or image header, skipped", path)
-                continue
+        size = known_size(img.get("height"), img.get("width"), path)
+        if size is None:
+            records.problems.add("no image size in JSON or image header, skipped", path)
+            continue
+        height, width = size
         boxes, labels, difficult = [], [], []
         for ann in by_image[img["id"]]:
             crowd = bool(ann.get("iscrowd", 0))
