@@ -30,7 +30,7 @@ import tensorflow as tf
 from absl import logging
 
 from scratchdet_tf import config as config_lib
-from scratchdet_tf import postprocess
+from scratchdet_tf import inference_graph, postprocess
 from scratchdet_tf.data import images as images_lib
 from scratchdet_tf.models import ssd
 
@@ -113,10 +113,14 @@ def to_serving_outputs(detections: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]
     }
 
 
-def serving_functions(model: keras.Model, anchors: np.ndarray, *, image_size: int, mean_rgb: Sequence[float],
+def serving_functions(forward: Callable, anchors: np.ndarray, *, image_size: int, mean_rgb: Sequence[float],
                       score_threshold: float, pre_nms_top_k: int, nms_iou_threshold: float,
                       max_detections: int, variances: Sequence[float]):
     """The two serving functions (not yet traced).
+
+    Args:
+      forward: the network in inference mode, ``forward(float32 [B, S, S, 3])`` -> its output dict
+        (``cls_logits``, ``box_deltas``); e.g. ``inference_graph.optimized_forward(model, S)``.
 
     Returns:
       (from_images, from_bytes): ``from_images(images uint8 [B, H, W, 3])`` and
@@ -125,7 +129,7 @@ def serving_functions(model: keras.Model, anchors: np.ndarray, *, image_size: in
     anchors = tf.constant(np.asarray(anchors, np.float32))
 
     def run(inputs):
-        out = model(inputs, training=False)
+        out = forward(inputs)
         return to_serving_outputs(postprocess.detect(
             out["cls_logits"], out["box_deltas"], anchors, score_threshold=score_threshold,
             pre_nms_top_k=pre_nms_top_k, nms_iou_threshold=nms_iou_threshold, max_detections=max_detections,
@@ -180,7 +184,9 @@ def export_saved_model(model: keras.Model, anchors: np.ndarray, cfg: config_lib.
     Args:
       model: the network of ``ssd.build_model`` with its weights.
       anchors: float32 [A, 4] yxyx priors in the model's prediction order.
-      cfg: the run's config; post-processing uses ``cfg.eval`` thresholds and ``cfg.export.max_detections``.
+      cfg: the run's config; post-processing uses ``cfg.eval`` thresholds and ``cfg.export.max_detections``;
+        with ``cfg.export.optimize`` the graph runs ``inference_graph.optimized_forward`` (BN folded
+        into convs, weights frozen as constants: no ``variables/`` data, same outputs up to rounding).
       export_dir: output folder (created; existing files are overwritten).
       class_names: C names in label order; default ``default_class_names(cfg)``.
       **info: extra JSON-able entries for ``export_info.json`` (e.g. checkpoint, step).
@@ -196,8 +202,13 @@ def export_saved_model(model: keras.Model, anchors: np.ndarray, cfg: config_lib.
         raise ValueError(f"{len(class_names)} class names for a model with {cfg.model.num_classes} classes")
     if any("\n" in name for name in class_names):
         raise ValueError(f"class names must not contain newlines: {class_names}")
+    if cfg.export.optimize:
+        forward = inference_graph.optimized_forward(model, cfg.model.image_size)
+    else:
+        def forward(inputs):
+            return model(inputs, training=False)
     from_images, from_bytes = serving_functions(
-        model, anchors, image_size=cfg.model.image_size, mean_rgb=cfg.data.mean_rgb,
+        forward, anchors, image_size=cfg.model.image_size, mean_rgb=cfg.data.mean_rgb,
         score_threshold=cfg.eval.score_threshold, pre_nms_top_k=cfg.eval.pre_nms_top_k,
         nms_iou_threshold=cfg.eval.nms_iou_threshold, max_detections=cfg.export.max_detections,
         variances=cfg.anchors.variances)

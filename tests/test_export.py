@@ -120,8 +120,9 @@ def test_reloaded_saved_model_equals_keras_plus_detect(exported, shape):
     want = reference(exported, batch)
     np.testing.assert_array_equal(got["num_detections"], want["num_detections"])
     assert want["num_detections"].min() > 0
-    np.testing.assert_allclose(got["detection_scores"], want["scores"], atol=1e-5)
-    np.testing.assert_allclose(got["detection_boxes"], want["boxes"], atol=1e-5)
+    # 5e-5: the export folds BN into the convs (inference_graph), which rounds differently.
+    np.testing.assert_allclose(got["detection_scores"], want["scores"], atol=5e-5)
+    np.testing.assert_allclose(got["detection_boxes"], want["boxes"], atol=5e-5)
     n = int(want["num_detections"][0])
     np.testing.assert_array_equal(got["detection_classes"][0, :n], want["classes"][0, :n] + 1)  # 1-based
     assert (got["detection_classes"][0, n:] == 0).all() and (got["detection_scores"][0, n:] == 0).all()
