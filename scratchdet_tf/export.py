@@ -2,7 +2,8 @@
 
 An export directory ``E`` (a TF Serving model version folder) holds::
 
-    saved_model.pb, variables/     signatures serving_default (uint8 images) and serving_bytes (JPEG/PNG)
+    saved_model.pb, variables/     signatures serving_default (uint8 images) and serving_bytes (JPEG/PNG);
+                                   with export.optimize the weights are graph constants (variables/ is empty)
     assets/labels.txt              the label map: class names, one a line, label order (class id - 1)
     assets.extra/export_info.json  config, conv MACs, class names, post-processing settings, TFLite files
     model_<mode>.tflite            optional, see ``export_tflite``
