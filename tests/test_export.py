@@ -224,6 +224,26 @@ def test_predict_fn_matches_signature_and_rejects_bad_input(exported):
         predict(batch.astype(np.float32))
 
 
+def saved_variables(export_dir):
+    return [name for name, _ in tf.train.list_variables(os.path.join(export_dir, "variables", "variables"))
+            if name != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+
+
+def test_optimized_export_freezes_weights_and_unoptimized_keeps_variables(exported, tmp_path):
+    assert saved_variables(exported["dir"]) == []  # optimize (default): weights are graph constants
+    cfg = exported["cfg"]
+    plain_cfg = config.Config(**{**vars(cfg), "export": config.ExportConfig(
+        max_detections=cfg.export.max_detections, optimize=False)})
+    export.export_saved_model(exported["model"], exported["anchors"], plain_cfg, str(tmp_path), CLASS_NAMES)
+    plain = tf.saved_model.load(str(tmp_path))
+    assert len(saved_variables(str(tmp_path))) == len(exported["model"].weights)
+    batch = tf.constant(images(2, seed=33))
+    got = numpy_outputs(exported["default"](images=batch))
+    want = numpy_outputs(plain.signatures["serving_default"](images=batch))
+    np.testing.assert_array_equal(got["num_detections"], want["num_detections"])
+    np.testing.assert_allclose(got["detection_scores"], want["detection_scores"], atol=5e-5)
+
+
 def test_missing_or_bad_model_paths_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         export.load_predict_fn(str(tmp_path / "nowhere"))
