@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from pycocotools import coco as coco_api
 
 from scratchdet_tf.data import shapes
@@ -59,3 +60,29 @@ def test_make_shapes_tool_prints_json_last(tmp_path):
     assert summary["num_train"] == 3 and summary["num_val"] == 2 and summary["seconds"] >= 0
     for split, n in (("train", 3), ("val", 2)):
         assert len(json.load(open(tmp_path / split / "instances.json"))["images"]) == n
+
+
+def test_object_size_and_count_options_bound_every_object(tmp_path):
+    paths = shapes.write_dataset(str(tmp_path), num_train=10, num_val=2, seed=4, object_size=(0.25, 0.5),
+                                 max_objects=2)
+    gt = coco_api.COCO(paths["train"])
+    counts = []
+    for image in gt.loadImgs(gt.getImgIds()):
+        short = min(image["height"], image["width"])
+        anns = gt.loadAnns(gt.getAnnIds(imgIds=image["id"]))
+        counts.append(len(anns))
+        for ann in anns:
+            # the drawn side is round(u * short), u in [0.25, 0.5]; triangles stretch w by 0.7-1.4
+            side = ann["bbox"][3]
+            assert 0.25 * short - 1 <= side <= 0.5 * short + 1
+    assert 1 <= min(counts) and max(counts) <= 2
+
+
+def test_bad_object_options_are_named(tmp_path):
+    with pytest.raises(ValueError, match="object_size"):
+        shapes.write_dataset(str(tmp_path), 1, 1, object_size=(0.5, 0.2))
+    with pytest.raises(ValueError, match="max_objects"):
+        shapes.write_dataset(str(tmp_path), 1, 1, max_objects=0)
+    run = subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_shapes.py"), f"--out_dir={tmp_path}",
+                          "--object_size=0.3"], capture_output=True, text=True)
+    assert run.returncode != 0 and "--object_size takes two numbers" in run.stderr

@@ -6,7 +6,7 @@ deterministic: image ``i`` of split ``s`` depends only on ``(seed, s, i)``.
 
 Each image is 160-400 px per side and never square; it holds 1-6 objects of 5 classes
 (circle, square, triangle, cross, ring) whose sides are 5-60 % of the image's shorter
-side. Objects overlap only partially: IoU <= 0.3 with every earlier object, and a later
+side (both ranges can be changed: ``object_size``, ``max_objects``). Objects overlap only partially: IoU <= 0.3 with every earlier object, and a later
 object (drawn on top) covers at most half of an earlier object's box. Each ``bbox`` is
 the tight box of the object's own drawn mask (full extent, occlusion ignored) in
 pixel-edge coordinates: ``[x, y, w, h]`` with ``x = first column``,
@@ -26,10 +26,12 @@ from PIL import Image, ImageDraw
 CLASS_NAMES = ("circle", "square", "triangle", "cross", "ring")
 MIN_SIDE, MAX_SIDE = 160, 400
 MAX_OBJECTS = 6
+OBJECT_SIZE = (0.05, 0.6)  # object side / the image's shorter side
 _SPLIT_IDS = {"train": 0, "val": 1}
 
 
-def write_split(out_dir: str, split: str, num_images: int, seed: int = 0, jpeg_quality: int = 90) -> str:
+def write_split(out_dir: str, split: str, num_images: int, seed: int = 0, jpeg_quality: int = 90, *,
+                object_size: Tuple[float, float] = OBJECT_SIZE, max_objects: int = MAX_OBJECTS) -> str:
     """Draws ``num_images`` images into ``out_dir/split`` and writes its ``instances.json``.
 
     Args:
@@ -38,6 +40,8 @@ def write_split(out_dir: str, split: str, num_images: int, seed: int = 0, jpeg_q
       num_images: images to write.
       seed: dataset seed.
       jpeg_quality: PIL JPEG quality.
+      object_size: (min, max) object side as a fraction of the image's shorter side.
+      max_objects: each image holds 1..max_objects objects (fewer when they do not fit).
 
     Returns:
       The path of the written ``instances.json``.
@@ -49,7 +53,7 @@ def write_split(out_dir: str, split: str, num_images: int, seed: int = 0, jpeg_q
     images, annotations = [], []
     for index in range(num_images):
         rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
-        pixels, objects = draw_image(rng)
+        pixels, objects = draw_image(rng, object_size=object_size, max_objects=max_objects)
         file_name = f"{index + 1:06d}.jpg"
         Image.fromarray(pixels).save(os.path.join(split_dir, file_name), quality=jpeg_quality)
         height, width = pixels.shape[:2]
@@ -66,13 +70,15 @@ def write_split(out_dir: str, split: str, num_images: int, seed: int = 0, jpeg_q
     return path
 
 
-def draw_image(rng: np.random.Generator, noise: bool = True
-               ) -> Tuple[np.ndarray, List[Tuple[int, Tuple[int, int, int, int], int]]]:
+def draw_image(rng: np.random.Generator, noise: bool = True, *, object_size: Tuple[float, float] = OBJECT_SIZE,
+               max_objects: int = MAX_OBJECTS) -> Tuple[np.ndarray, List[Tuple[int, Tuple[int, int, int, int], int]]]:
     """Draws one image.
 
     Args:
       rng: the image's random generator.
       noise: add the final Gaussian pixel noise (tests turn it off to see exact colours).
+      object_size: (min, max) object side as a fraction of the image's shorter side.
+      max_objects: at most this many objects.
 
     Returns:
       (pixels uint8 [H, W, 3], objects) where each object is
@@ -84,10 +90,10 @@ def draw_image(rng: np.random.Generator, noise: bool = True
     image = _background(rng, height, width)
     placed: List[Tuple[int, Tuple[int, int, int, int], int]] = []
     short = min(height, width)
-    for _ in range(rng.integers(1, MAX_OBJECTS + 1)):
+    for _ in range(rng.integers(1, max_objects + 1)):
         for _attempt in range(20):
             label = int(rng.integers(len(CLASS_NAMES)))
-            side = int(round(rng.uniform(0.05, 0.6) * short))
+            side = int(round(rng.uniform(*object_size) * short))
             aspect = rng.uniform(0.7, 1.4) if label == 2 else 1.0  # triangles vary in aspect
             h, w = max(8, side), max(8, int(round(side * aspect)))
             w = min(w, width)
@@ -171,9 +177,18 @@ def _overlap_ok(new: Tuple[int, int, int, int], old: Tuple[int, int, int, int]) 
     return inter <= 0.3 * (new[2] * new[3] + old_area - inter) and inter <= 0.5 * old_area
 
 
-def write_dataset(out_dir: str, num_train: int = 2000, num_val: int = 300, seed: int = 0) -> Dict[str, str]:
-    """Writes ``out_dir/train`` and ``out_dir/val``; returns {split: instances.json path}."""
+def write_dataset(out_dir: str, num_train: int = 2000, num_val: int = 300, seed: int = 0, *,
+                  object_size: Tuple[float, float] = OBJECT_SIZE, max_objects: int = MAX_OBJECTS) -> Dict[str, str]:
+    """Writes ``out_dir/train`` and ``out_dir/val``; returns {split: instances.json path}.
+
+    ``object_size`` and ``max_objects`` as in ``write_split``; the defaults are the documented dataset.
+    """
+    if not 0.0 < object_size[0] <= object_size[1] <= 1.0:
+        raise ValueError(f"object_size must be 0 < min <= max <= 1 (fractions of the shorter side); got {object_size}")
+    if max_objects < 1:
+        raise ValueError(f"max_objects must be >= 1; got {max_objects}")
+    kwargs = dict(object_size=tuple(object_size), max_objects=max_objects)
     return {
-        "train": write_split(out_dir, "train", num_train, seed),
-        "val": write_split(out_dir, "val", num_val, seed),
+        "train": write_split(out_dir, "train", num_train, seed, **kwargs),
+        "val": write_split(out_dir, "val", num_val, seed, **kwargs),
     }
