@@ -148,6 +148,10 @@ class ModelConfig:
     bn_momentum: float = 0.99
     bn_epsilon: float = 1e-5
     head_bn_epsilon: float = 1e-3
+    # Prediction conv init: "xavier" (the paper: xavier everywhere) or "gaussian" (N(0, 0.01^2), the
+    # released Caffe COCO head with BN, SSD's ConvBNLayer). Under head BN the conv is scale-invariant,
+    # so its init norm sets its effective lr; that matters in short runs of narrow models.
+    head_init: str = "xavier"
 
     def __post_init__(self):
         _one_of("model.backbone", self.backbone, BACKBONES)
@@ -170,6 +174,7 @@ class ModelConfig:
         _check(0.0 <= self.bn_momentum < 1.0, "model.bn_momentum", self.bn_momentum, "must be in [0, 1)")
         _check(self.bn_epsilon > 0, "model.bn_epsilon", self.bn_epsilon, "must be > 0")
         _check(self.head_bn_epsilon > 0, "model.head_bn_epsilon", self.head_bn_epsilon, "must be > 0")
+        _one_of("model.head_init", self.head_init, ("xavier", "gaussian"))
 
     def channels(self, c: int) -> int:
         """Apply the width multiplier to a paper channel count."""

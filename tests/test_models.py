@@ -206,6 +206,20 @@ def test_caffe_xavier_init_is_uniform_fan_in():
     assert model.get_layer("conv5_1_conv2").bias is None  # no conv bias before BN
 
 
+def test_gaussian_head_init_draws_prediction_convs_from_n_0_001_only():
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    model = build(tiny_cfg(head_init="gaussian"))
+    heads = [layer.kernel.numpy().ravel() for layer in model.layers
+             if layer.name.startswith("head_") and isinstance(layer, keras.layers.Conv2D)]
+    values = np.concatenate(heads)
+    assert values.size > 5000 and abs(values.std() - 0.01) < 0.0005 and abs(values.mean()) < 0.0005
+    kernel = model.get_layer("conv5_1_conv2").kernel.numpy()  # the backbone stays xavier
+    assert np.abs(kernel).max() <= np.sqrt(3.0 / (3 * 3 * 32))
+    with pytest.raises(config.ConfigError, match="model.head_init"):
+        config.ModelConfig(head_init="he")
+
+
 def test_model_summary_tool_reports_paper_numbers():
     run = subprocess.run([sys.executable, "tools/model_summary.py", "--flagfile=configs/scratchdet300_r34_voc07.cfg"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)

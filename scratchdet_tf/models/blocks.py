@@ -34,8 +34,17 @@ class Norm:
         )
 
 
+def kernel_initializer(init: str = "xavier") -> keras.initializers.Initializer:
+    """``"xavier"``: ``caffe_xavier()``; ``"gaussian"``: Caffe's gaussian filler with std 0.01."""
+    if init == "gaussian":
+        return keras.initializers.RandomNormal(stddev=0.01)
+    if init == "xavier":
+        return caffe_xavier()
+    raise ValueError(f"unknown conv init {init!r}; allowed: xavier, gaussian")
+
+
 def conv(x, filters: int, kernel: int, *, stride: int = 1, pad: int | None = None, dilation: int = 1,
-         use_bias: bool = False, name: str):
+         use_bias: bool = False, init: str = "xavier", name: str):
     """A conv with Caffe's symmetric zero padding (``pad`` pixels on every side).
 
     TF's ``'same'`` pads only bottom/right for stride 2 on even inputs, shifting the grid
@@ -55,14 +64,15 @@ def conv(x, filters: int, kernel: int, *, stride: int = 1, pad: int | None = Non
         padding = "valid"
     return keras.layers.Conv2D(
         filters, kernel, strides=stride, padding=padding, dilation_rate=dilation, use_bias=use_bias,
-        kernel_initializer=caffe_xavier(), name=name,
+        kernel_initializer=kernel_initializer(init), name=name,
     )(x)
 
 
 def conv_bn(x, filters: int, kernel: int, norm: Norm, *, stride: int = 1, pad: int | None = None,
-            dilation: int = 1, relu: bool = True, name: str):
+            dilation: int = 1, relu: bool = True, init: str = "xavier", name: str):
     """conv → BN → ReLU; without BN the conv gets a bias instead (no conv bias before BN)."""
-    x = conv(x, filters, kernel, stride=stride, pad=pad, dilation=dilation, use_bias=not norm.enabled, name=name)
+    x = conv(x, filters, kernel, stride=stride, pad=pad, dilation=dilation, use_bias=not norm.enabled, init=init,
+             name=name)
     if norm.enabled:
         x = norm.layer(f"{name}_bn")(x)
     if relu:

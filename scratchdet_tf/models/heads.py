@@ -14,7 +14,8 @@ import keras
 from scratchdet_tf.models import blocks
 
 
-def multibox_head(sources: Sequence, anchors_per_location: Sequence[int], num_classes: int, norm: blocks.Norm):
+def multibox_head(sources: Sequence, anchors_per_location: Sequence[int], num_classes: int, norm: blocks.Norm,
+                  init: str = "xavier"):
     """Predictions of all levels, concatenated in prior order.
 
     Args:
@@ -22,6 +23,8 @@ def multibox_head(sources: Sequence, anchors_per_location: Sequence[int], num_cl
       anchors_per_location: priors per cell k_i, per level.
       num_classes: foreground classes C (background is added as class 0).
       norm: head BN settings (``enabled=False`` for the no-head-BN ablation).
+      init: prediction conv kernels: ``"xavier"`` (Caffe xavier) or ``"gaussian"`` (N(0, 0.01^2), as
+        SSD-Caffe's ConvBNLayer initializes the released ScratchDet COCO head).
 
     Returns:
       (box_deltas float32 [B, A, 4] in (dy, dx, dh, dw) order,
@@ -31,8 +34,8 @@ def multibox_head(sources: Sequence, anchors_per_location: Sequence[int], num_cl
         raise ValueError(f"{len(anchors_per_location)} anchor levels for {len(sources)} feature maps")
     locs, confs = [], []
     for i, (x, k) in enumerate(zip(sources, anchors_per_location)):
-        loc = blocks.conv_bn(x, 4 * k, 3, norm, relu=False, name=f"head_loc_{i}")
-        conf = blocks.conv_bn(x, (num_classes + 1) * k, 3, norm, relu=False, name=f"head_conf_{i}")
+        loc = blocks.conv_bn(x, 4 * k, 3, norm, relu=False, init=init, name=f"head_loc_{i}")
+        conf = blocks.conv_bn(x, (num_classes + 1) * k, 3, norm, relu=False, init=init, name=f"head_conf_{i}")
         # Channel k*4 + j at cell (y, x) is coordinate j of prior k there: [B, h*w*k, 4].
         locs.append(keras.layers.Reshape((-1, 4), name=f"head_loc_{i}_flat")(loc))
         confs.append(keras.layers.Reshape((-1, num_classes + 1), name=f"head_conf_{i}_flat")(conf))

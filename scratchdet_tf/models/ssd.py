@@ -31,7 +31,7 @@ def build_model(model_cfg, anchor_cfg, *, sync_bn: bool = False) -> keras.Model:
         "vgg16": vgg.source_layers,
     }[model_cfg.backbone](images, model_cfg, backbone_norm)
     box_deltas, cls_logits = heads.multibox_head(
-        sources, anchor_cfg.anchors_per_location(), model_cfg.num_classes, head_norm
+        sources, anchor_cfg.anchors_per_location(), model_cfg.num_classes, head_norm, init=model_cfg.head_init
     )
     name = f"ssd{model_cfg.image_size}_{model_cfg.backbone}"
     if model_cfg.backbone == "root_resnet":
