@@ -281,7 +281,7 @@ class ExportConfig:
     num_calibration_images: int = 100
     max_detections: int = 100
     # SavedModel runs an inference graph: BN folded into convs, dilated convs direct, weights as
-    # constants (inference_graph.py; 15-25 % faster on CPU). False keeps the Keras model's variables.
+    # constants (inference_graph.py; 10-20 % faster on CPU). False keeps the Keras model's variables.
     optimize: bool = True
 
     def __post_init__(self):
