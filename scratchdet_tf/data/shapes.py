@@ -7,10 +7,10 @@ deterministic: image ``i`` of split ``s`` depends only on ``(seed, s, i)``.
 Each image is 160-400 px per side and never square; it holds 1-6 objects of 5 classes
 (circle, square, triangle, cross, ring) whose sides are 5-60 % of the image's shorter
 side (``object_size`` and ``max_objects`` change both ranges). Objects overlap only
-partially: IoU <= 0.3 with every earlier object, and a later object (drawn on top) covers at most half of an earlier object's box. Each ``bbox`` is
-the tight box of the object's own drawn mask (full extent, occlusion ignored) in
-pixel-edge coordinates: ``[x, y, w, h]`` with ``x = first column``,
-``w = last column + 1 - x``. ``area`` is the mask's pixel count (COCO's segment-area
+partially: IoU <= 0.3 with every earlier object, and a later object (drawn on top)
+covers at most half of an earlier object's box. Each ``bbox`` is the tight box of the
+object's own drawn mask (full extent, occlusion ignored) in pixel-edge coordinates:
+``[x, y, w, h]`` with ``x = first column``, ``w = last column + 1 - x``. ``area`` is the mask's pixel count (COCO's segment-area
 meaning), ``iscrowd`` is 0. Category ids are 1..5.
 """
 
