@@ -10,8 +10,8 @@ side (``object_size`` and ``max_objects`` change both ranges). Objects overlap o
 partially: IoU <= 0.3 with every earlier object, and a later object (drawn on top)
 covers at most half of an earlier object's box. Each ``bbox`` is the tight box of the
 object's own drawn mask (full extent, occlusion ignored) in pixel-edge coordinates:
-``[x, y, w, h]`` with ``x = first column``, ``w = last column + 1 - x``. ``area`` is the mask's pixel count (COCO's segment-area
-meaning), ``iscrowd`` is 0. Category ids are 1..5.
+``[x, y, w, h]`` with ``x = first column``, ``w = last column + 1 - x``. ``area`` is the
+mask's pixel count (COCO's segment-area meaning), ``iscrowd`` is 0. Category ids are 1..5.
 """
 
 from __future__ import annotations
