@@ -116,13 +116,10 @@ def frozen_forward(model: keras.Model, image_size: int) -> Callable:
     spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
     concrete = tf.function(lambda images: model(images, training=False)).get_concrete_function(spec)
     frozen = convert_to_constants.convert_variables_to_constants_v2(concrete)
-    names = sorted(model.output.keys()) if isinstance(model.output, dict) else None
 
     def forward(images):
-        outputs = frozen(images)
-        if names is None:
-            return outputs
-        return dict(zip(names, outputs)) if isinstance(outputs, (list, tuple)) else outputs
+        # The frozen function returns the flat outputs; restore the model's structure (its dict).
+        return tf.nest.pack_sequence_as(concrete.structured_outputs, tf.nest.flatten(frozen(images)))
 
     return forward
 
