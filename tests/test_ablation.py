@@ -19,7 +19,8 @@ def grid(tmp_path_factory):
     """A 2-cell Table 1 grid, 2 steps each, on tiny models; the no-BN cell is forced to diverge."""
     root = tmp_path_factory.mktemp("ablation")
     data = str(root / "shapes")
-    shapes.write_dataset(data, num_train=8, num_val=4, seed=0)
+    shapes.write_split(data, "train", 8, seed=0)
+    shapes.write_split(data, "val", 4, seed=0)
     config_dir = root / "configs"
     config_dir.mkdir()
     for name in CELLS:  # the real flagfiles, plus a huge lr on the no-BN cell so that it diverges

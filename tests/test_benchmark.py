@@ -15,7 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def shapes_dir(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("shapes"))
-    shapes.write_dataset(d, num_train=8, num_val=2, seed=0)
+    shapes.write_split(d, "train", 8, seed=0)
+    shapes.write_split(d, "val", 2, seed=0)
     return d
 
 

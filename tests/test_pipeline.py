@@ -19,7 +19,8 @@ MAX_BOXES = 8
 @pytest.fixture(scope="module")
 def shapes_dir(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("shapes"))
-    shapes.write_dataset(root, num_train=8, num_val=5, seed=1)
+    shapes.write_split(root, "train", 8, seed=1)
+    shapes.write_split(root, "val", 5, seed=1)
     return root
 
 

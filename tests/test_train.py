@@ -23,7 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def shapes_dir(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("shapes"))
-    shapes.write_dataset(d, num_train=16, num_val=4, seed=0)
+    shapes.write_split(d, "train", 16, seed=0)
+    shapes.write_split(d, "val", 4, seed=0)
     return d
 
 
