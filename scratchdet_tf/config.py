@@ -39,6 +39,7 @@ STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 METRICS = ("voc07", "voc12", "coco")
 TFLITE_MODES = ("fp32", "fp16", "dynamic", "int8")
+LR_SCHEDULES = ("multistep", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +59,11 @@ class DataConfig:
     mean_rgb: Tuple[float, ...] = (123.0, 117.0, 104.0)
     max_boxes: int = 100
     augment: bool = True
+    # Strength of the SSD augmentation (the flip and the random resize method always run when augment is on):
+    expand_prob: float = 0.5  # probability of the zoom-out expansion
+    max_expand_ratio: float = 4.0  # its largest canvas / image side ratio
+    photometric: bool = True  # brightness, contrast, saturation and hue distortion
+    crop: bool = True  # the min-IoU crop sampler
     use_difficult: bool = True  # train on VOC "difficult" boxes, as SSD-Caffe does
     shuffle_buffer: int = 1000
     deterministic: bool = False
@@ -67,6 +73,8 @@ class DataConfig:
         _check(bool(self.train_source), "data.train_source", self.train_source, "must not be empty")
         _check(len(self.mean_rgb) == 3, "data.mean_rgb", self.mean_rgb, "three numbers R,G,B")
         _check(self.max_boxes > 0, "data.max_boxes", self.max_boxes, "must be > 0")
+        _check(0 <= self.expand_prob <= 1, "data.expand_prob", self.expand_prob, "in [0, 1]")
+        _check(self.max_expand_ratio >= 1, "data.max_expand_ratio", self.max_expand_ratio, "must be >= 1")
         _check(self.shuffle_buffer >= 0, "data.shuffle_buffer", self.shuffle_buffer, "must be >= 0")
 
 
@@ -152,10 +160,13 @@ class ModelConfig:
     # released Caffe COCO head with BN, SSD's ConvBNLayer). Under head BN the conv is scale-invariant,
     # so its init norm sets its effective lr; that matters in short runs of narrow models.
     head_init: str = "xavier"
+    # Start every residual block as its shortcut (its last BN's gamma = 0). Not in the paper (which
+    # initializes BN to gamma = 1); shortens the from-scratch plateau of short runs (docs/TRAINING.md).
+    zero_init_residual: bool = False
 
     def __post_init__(self):
         _one_of("model.backbone", self.backbone, BACKBONES)
-        _one_of("model.depth", self.depth, (18, 34))
+        _one_of("model.depth", self.depth, (10, 18, 34))
         _one_of("model.root_kernel", self.root_kernel, (3, 7))
         _check(1 <= self.root_depth <= 5, "model.root_depth", self.root_depth, "1 to 5 stacked convs")
         _check(self.root_kernel == 3 or self.root_depth == 1, "model.root_depth", self.root_depth,
@@ -186,11 +197,16 @@ class LossConfig:
     """MultiBox loss and matching (SPEC §4)."""
 
     iou_threshold: float = 0.5
+    # Unmatched priors are negatives only below this best IoU; [neg_overlap, iou_threshold) is ignored.
+    # SSD-Caffe's neg_overlap, 0.5 (= iou_threshold: no ignored band) in the paper's configs.
+    neg_overlap: float = 0.5
     neg_pos_ratio: float = 3.0
     loc_weight: float = 1.0
 
     def __post_init__(self):
         _check(0.0 < self.iou_threshold <= 1.0, "loss.iou_threshold", self.iou_threshold, "in (0, 1]")
+        _check(0.0 < self.neg_overlap <= self.iou_threshold, "loss.neg_overlap", self.neg_overlap,
+               f"in (0, --loss.iou_threshold={self.iou_threshold:g}]")
         _check(self.neg_pos_ratio >= 0, "loss.neg_pos_ratio", self.neg_pos_ratio, "must be >= 0")
         _check(self.loc_weight >= 0, "loss.loc_weight", self.loc_weight, "must be >= 0")
 
@@ -202,8 +218,10 @@ class TrainConfig:
     batch_size: int = 128  # global; divided over replicas
     max_steps: int = 100_000
     learning_rate: float = 0.05
+    lr_schedule: str = "multistep"  # the paper's steps at lr_boundaries, or "cosine" to max_steps
     lr_boundaries: Tuple[int, ...] = (45_000, 75_000, 95_000)
     lr_decay: float = 0.1
+    lr_final_factor: float = 0.01  # cosine: the last lr as a fraction of learning_rate
     warmup_steps: int = 0
     warmup_factor: float = 1.0 / 3.0
     momentum: float = 0.9
@@ -230,7 +248,9 @@ class TrainConfig:
                self.learning_rate, "must be a positive number")
         _check(list(self.lr_boundaries) == sorted(set(self.lr_boundaries)) and all(b > 0 for b in self.lr_boundaries),
                "train.lr_boundaries", self.lr_boundaries, "strictly increasing positive steps")
+        _one_of("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check(0 < self.lr_decay <= 1, "train.lr_decay", self.lr_decay, "in (0, 1]")
+        _check(0 <= self.lr_final_factor <= 1, "train.lr_final_factor", self.lr_final_factor, "in [0, 1]")
         _check(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, "must be >= 0")
         _check(0 < self.warmup_factor <= 1, "train.warmup_factor", self.warmup_factor, "in (0, 1]")
         _check(0 <= self.momentum < 1, "train.momentum", self.momentum, "in [0, 1)")

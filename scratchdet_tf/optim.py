@@ -1,4 +1,4 @@
-"""SGD with the paper's schedule: linear warm-up, multi-step decay, Caffe-style coupled L2.
+"""SGD with the paper's schedule (linear warm-up, multi-step decay) or cosine decay; Caffe-style coupled L2.
 
 Weight decay is *coupled* (Caffe/PyTorch): the gradient gets ``wd * w`` before SGD momentum,
 not Keras 3's decoupled ``weight_decay``. It is applied through the loss
@@ -9,6 +9,7 @@ and backbone BN scale/shift decay; head BN and conv biases do not.
 
 from __future__ import annotations
 
+import math
 from typing import List, Sequence
 
 import keras
@@ -46,8 +47,44 @@ class WarmupMultiStep(keras.optimizers.schedules.LearningRateSchedule):
                 "warmup_steps": self.warmup_steps, "warmup_factor": self.warmup_factor}
 
 
-def learning_rate_schedule(train_cfg) -> WarmupMultiStep:
-    """The schedule of a ``config.TrainConfig``."""
+@keras.saving.register_keras_serializable(package="scratchdet_tf")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """lr(step): linear warm-up from ``base * warmup_factor`` to ``base``, then a half cosine from
+    ``base`` down to ``base * final_factor`` at ``total_steps`` (held there after).
+
+    The cosine starts where the warm-up ends: lr = f + (1 - f) * (1 + cos(pi * t)) / 2 times
+    ``base``, t = (step - warmup_steps) / (total_steps - warmup_steps), f = ``final_factor``.
+    """
+
+    def __init__(self, base_lr: float, total_steps: int, final_factor: float = 0.01,
+                 warmup_steps: int = 0, warmup_factor: float = 1.0 / 3.0):
+        self.base_lr = float(base_lr)
+        self.total_steps = int(total_steps)
+        self.final_factor = float(final_factor)
+        self.warmup_steps = int(warmup_steps)
+        self.warmup_factor = float(warmup_factor)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        span = max(self.total_steps - self.warmup_steps, 1)
+        t = tf.clip_by_value((step - self.warmup_steps) / span, 0.0, 1.0)
+        f = self.final_factor
+        lr = self.base_lr * (f + (1.0 - f) * 0.5 * (1.0 + tf.cos(math.pi * t)))
+        if self.warmup_steps:
+            alpha = tf.minimum(step / self.warmup_steps, 1.0)
+            lr *= self.warmup_factor + (1.0 - self.warmup_factor) * alpha
+        return lr
+
+    def get_config(self):
+        return {"base_lr": self.base_lr, "total_steps": self.total_steps, "final_factor": self.final_factor,
+                "warmup_steps": self.warmup_steps, "warmup_factor": self.warmup_factor}
+
+
+def learning_rate_schedule(train_cfg) -> keras.optimizers.schedules.LearningRateSchedule:
+    """The schedule of a ``config.TrainConfig``: ``lr_schedule`` "multistep" (the paper) or "cosine"."""
+    if train_cfg.lr_schedule == "cosine":
+        return WarmupCosine(train_cfg.learning_rate, train_cfg.max_steps, train_cfg.lr_final_factor,
+                            train_cfg.warmup_steps, train_cfg.warmup_factor)
     return WarmupMultiStep(train_cfg.learning_rate, train_cfg.lr_boundaries, train_cfg.lr_decay,
                            train_cfg.warmup_steps, train_cfg.warmup_factor)
 

@@ -106,7 +106,7 @@ def _bipartite(overlaps):
     return tf.cond(conflict, greedy, without_conflict)
 
 
-def encode(gt_boxes, gt_labels, anchors, iou_threshold=0.5, variances=box_ops.VARIANCES):
+def encode(gt_boxes, gt_labels, anchors, iou_threshold=0.5, variances=box_ops.VARIANCES, neg_overlap=None):
     """Classification and regression targets of one image, for use inside ``tf.data.Dataset.map``.
 
     Args:
@@ -115,9 +115,12 @@ def encode(gt_boxes, gt_labels, anchors, iou_threshold=0.5, variances=box_ops.VA
       anchors: float32 [A, 4] normalized yxyx priors.
       iou_threshold: per-prediction matching threshold (Caffe's overlap_threshold).
       variances: (vy, vx, vh, vw) of the box coder.
+      neg_overlap: Caffe's ``neg_overlap``: an unmatched prior is a negative only when its best
+        IoU with the image's boxes is below this; one in [neg_overlap, iou_threshold) is ignored
+        (-1). ``None`` means ``iou_threshold`` (every unmatched prior is a negative, SSD's 0.5/0.5).
 
     Returns:
-      cls_targets: int32 [A]; 0 is background, data label k is class k + 1.
+      cls_targets: int32 [A]; 0 is background, data label k is class k + 1, -1 ignored.
       box_targets: float32 [A, 4] (dy, dx, dh, dw) offsets (see ``box_ops.encode``);
         zeros for background priors.
     """
@@ -137,6 +140,9 @@ def encode(gt_boxes, gt_labels, anchors, iou_threshold=0.5, variances=box_ops.VA
     box_targets = box_ops.encode(matched_boxes, anchors, variances)
     box_targets = tf.where(positive[:, None], box_targets, 0.0)
     cls_targets = tf.where(positive, tf.gather(tf.concat([gt_labels, [-1]], 0), index) + 1, 0)
+    if neg_overlap is not None and neg_overlap < iou_threshold:
+        best_iou = tf.reduce_max(box_ops.iou(tf.concat([gt_boxes, tf.zeros([1, 4])], 0), anchors), axis=0)
+        cls_targets = tf.where(~positive & (best_iou >= neg_overlap), -1, cls_targets)
 
     num_anchors = anchors.shape[0]
     cls_targets = tf.ensure_shape(cls_targets, [num_anchors])

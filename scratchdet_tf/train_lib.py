@@ -24,7 +24,7 @@ from absl import logging
 from tensorflow.python.framework import config as tf_framework_config
 
 from scratchdet_tf import config as config_lib
-from scratchdet_tf import finetune, losses, optim
+from scratchdet_tf import finetune, losses, optim, training_log
 from scratchdet_tf.data import pipeline
 from scratchdet_tf.models import ssd
 
@@ -143,6 +143,7 @@ def train(cfg: config_lib.Config, model_dir: str) -> Dict:
         batch_size=replica_batch * local_replicas,
         input_context=tf.distribute.InputContext(num_workers, worker, num_replicas),
         iou_threshold=cfg.loss.iou_threshold, variances=cfg.anchors.variances, seed=tcfg.seed,
+        neg_overlap=cfg.loss.neg_overlap,
     )
     iterator = iter(dataset)
 
@@ -237,6 +238,7 @@ def train(cfg: config_lib.Config, model_dir: str) -> Dict:
     prev_norm, history = None, {"loss": math.nan}
     t_start = t_log = t_warm = time.time()
     eval_time = 0.0
+    curves = training_log.TrainingLog(model_dir if is_chief else None, start_step)
     images_since_log = 0
     while int(step.numpy()) < tcfg.max_steps:
         grads, stats = compute_gradients(iterator)
@@ -282,6 +284,8 @@ def train(cfg: config_lib.Config, model_dir: str) -> Dict:
                          current, tcfg.max_steps, history["loss"], history.get("cls_loss", math.nan),
                          history.get("box_loss", math.nan), lr, history.get("grad_norm", math.nan), rate,
                          time.strftime("%H:%M:%S", time.gmtime(eta)))
+            curves.append(current, time.time() - t_start - eval_time, lr=lr, images_per_sec=rate,
+                          **{k: history[k] for k in ("loss", "cls_loss", "box_loss") if k in history})
             if writer:
                 with writer.as_default(step=current):
                     for name, value in history.items():
@@ -298,7 +302,9 @@ def train(cfg: config_lib.Config, model_dir: str) -> Dict:
         if tcfg.eval_every_steps and current % tcfg.eval_every_steps == 0 and is_chief:
             t_eval = time.time()
             metrics = _evaluate_and_log(cfg, model, anchors, eval_writer, current)
-            logging.info("step %d eval: %s", current, {k: v for k, v in metrics.items() if k != "per_class"})
+            headline = {k: v for k, v in metrics.items() if k != "per_class"}
+            logging.info("step %d eval: %s", current, headline)
+            curves.append(current, t_eval - t_start - eval_time, eval=headline)
             eval_time += time.time() - t_eval
     train_seconds = time.time() - t_start - eval_time
     timed_steps = int(step.numpy()) - start_step - 1

@@ -192,3 +192,20 @@ def test_transform_eval_warps_and_subtracts_the_mean():
     for out in (eager(fn, image), in_map(fn, image)):
         assert out.shape == (16, 16, 3)
         np.testing.assert_allclose(out[3, 5], [77, -17, -54], atol=1e-4)
+
+
+def test_augmentation_strength_options_keep_colours_and_skip_the_mean_filled_expansion():
+    # A uniform image: without photometric distortion and expansion every output pixel keeps its value
+    # (any crop of a uniform image, resized by any method, is uniform); the full recipe changes some.
+    image = np.full((40, 60, 3), 200, np.uint8)
+    boxes = np.array([[0.2, 0.2, 0.8, 0.8]], np.float32)
+    labels, difficult = np.array([1], np.int32), np.array([False])
+    changed = 0
+    for i in range(12):
+        mild = augment.augment_train(image, boxes, labels, difficult, seed(i), image_size=32, mean_rgb=MEAN,
+                                     expand_prob=0.0, photometric=False)[0].numpy()
+        np.testing.assert_allclose(mild, np.broadcast_to(200.0 - np.asarray(MEAN, np.float32), mild.shape),
+                                   atol=1e-3)
+        full = augment.augment_train(image, boxes, labels, difficult, seed(i), image_size=32, mean_rgb=MEAN)[0]
+        changed += not np.allclose(full.numpy(), 200.0 - np.asarray(MEAN, np.float32), atol=1e-3)
+    assert changed > 0

@@ -229,3 +229,16 @@ def test_model_summary_tool_reports_paper_numbers():
     assert abs(result["macs"] - 33.30e9) / 33.30e9 < 0.01
     assert result["feature_maps"] == [list(s) for s in PAPER_MAPS]
     assert result["num_anchors"] == 8732
+
+
+def test_zero_init_residual_blocks_start_as_their_shortcut():
+    cfg = config.ModelConfig(depth=18, width=1 / 16, image_size=64, num_classes=3, zero_init_residual=True)
+    model = ssd.build_model(cfg, config.AnchorConfig(steps=()))
+    probe = keras.Model(model.input, [model.get_layer(n).output for n in ("conv2_1_out", "conv2_2_out")])
+    x = np.random.default_rng(0).normal(0, 50, (2, 64, 64, 3)).astype(np.float32)
+    for training in (False, True):
+        block_in, block_out = (t.numpy() for t in probe(x, training=training))
+        # Identity shortcut and a zero residual branch: ReLU(x + 0) = x for the post-ReLU input x.
+        np.testing.assert_allclose(block_out, block_in, atol=1e-6)
+    assert float(np.abs(model.get_layer("conv2_2_conv2_bn").gamma.numpy()).max()) == 0.0
+    assert float(model.get_layer("conv2_2_conv1_bn").gamma.numpy().min()) == 1.0  # only the branch's last BN

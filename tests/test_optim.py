@@ -55,3 +55,23 @@ def test_decay_covers_kernels_and_backbone_bn_but_not_head_bn_or_biases():
 
 def test_l2_penalty_is_half_wd_sum_of_squares():
     assert float(optim.l2_penalty([tf.constant([3.0, 4.0])], 0.1)) == pytest.approx(0.5 * 0.1 * 25)
+
+
+def test_cosine_schedule_against_hand_computed_values():
+    # base 0.1, warm-up 10 steps from 1/3, cosine to 1 % of base at step 110.
+    schedule = optim.WarmupCosine(0.1, total_steps=110, final_factor=0.01, warmup_steps=10, warmup_factor=1 / 3)
+    assert float(schedule(0)) == pytest.approx(0.1 / 3)
+    assert float(schedule(5)) == pytest.approx(0.1 * (1 / 3 + 2 / 3 * 0.5))
+    assert float(schedule(10)) == pytest.approx(0.1)
+    assert float(schedule(60)) == pytest.approx(0.1 * (0.01 + 0.99 * 0.5), rel=1e-5)  # half way: cos(pi/2) = 0
+    assert float(schedule(110)) == pytest.approx(0.001, rel=1e-5)
+    assert float(schedule(500)) == pytest.approx(0.001, rel=1e-5)  # held after the end
+
+
+def test_config_selects_the_cosine_schedule():
+    cfg = config.TrainConfig(lr_schedule="cosine", max_steps=100, learning_rate=0.2, lr_final_factor=0.0)
+    schedule = optim.learning_rate_schedule(cfg)
+    assert isinstance(schedule, optim.WarmupCosine)
+    assert float(schedule(100)) == pytest.approx(0.0, abs=1e-7)
+    with pytest.raises(config.ConfigError, match="train.lr_schedule"):
+        config.TrainConfig(lr_schedule="linear")

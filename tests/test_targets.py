@@ -193,3 +193,25 @@ def test_voc300_targets_have_expected_offsets_for_positives():
     want = [(0.4 - (p[0] + p[2]) / 2) / ph / 0.1, (0.4 - (p[1] + p[3]) / 2) / pw / 0.1,
             math.log(0.4 / ph) / 0.2, math.log(0.2 / pw) / 0.2]
     np.testing.assert_allclose(box.numpy()[i], want, atol=1e-4)
+
+
+def test_neg_overlap_ignores_unmatched_priors_in_the_band_and_keeps_the_rest():
+    # Full-height boxes: IoU is the overlap of x intervals over their union.
+    priors = np.array([[0, 0.0, 1, 0.4],    # the GT itself: IoU 1, positive
+                       [0, 0.1, 1, 0.5],    # IoU 0.3/0.5 = 0.6: positive
+                       [0, 0.2, 1, 0.6],    # IoU 0.2/0.6 = 1/3: in [0.3, 0.5), ignored
+                       [0, 0.3, 1, 0.7],    # IoU 0.1/0.7 = 1/7: negative
+                       [0, 0.6, 1, 1.0]],   # no overlap: negative
+                      np.float32)
+    gt = np.array([[0, 0.0, 1, 0.4]], np.float32)
+    cls, _ = targets.encode(gt, [2], priors, neg_overlap=0.3)
+    np.testing.assert_array_equal(cls.numpy(), [3, 3, -1, 0, 0])
+    # neg_overlap == iou_threshold (SSD's 0.5 / 0.5) and None both leave every unmatched prior a negative.
+    for neg in (None, 0.5):
+        cls, _ = targets.encode(gt, [2], priors, neg_overlap=neg)
+        np.testing.assert_array_equal(cls.numpy(), [3, 3, 0, 0, 0])
+
+
+def test_neg_overlap_above_the_match_threshold_is_a_config_error():
+    with pytest.raises(config.ConfigError, match="loss.neg_overlap"):
+        config.LossConfig(iou_threshold=0.5, neg_overlap=0.6)

@@ -18,13 +18,14 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image
 
-from scratchdet_tf import checkpoints, config_flags, eval_lib, export, train_lib, visualize
+from scratchdet_tf import checkpoints, config_flags, eval_lib, export, plots, train_lib, training_log, visualize
 from scratchdet_tf.data import shapes
 
 FLAGS = flags.FLAGS
 config_flags.define_flags(FLAGS)
 flags.DEFINE_string("model_dir", "runs/shapes_demo", "Run folder: checkpoints, eval, export, drawings.")
 flags.DEFINE_integer("num_drawn", 8, "Validation images to draw detections on.")
+flags.DEFINE_float("target_map", 0.9, "mAP level whose first pass (in training seconds) the result reports.")
 
 
 def main(argv):
@@ -65,10 +66,23 @@ def main(argv):
                                           det["scores"][0][keep], names)
         Image.fromarray(drawn).save(os.path.join(drawn_dir, os.path.basename(path)[:-4] + ".png"))
 
+    # Learning curves: the periodic evaluations during training, then the final one at the last step.
+    records = training_log.read(FLAGS.model_dir)
+    if not any(r["step"] == restored.step and "eval" in r for r in records):
+        records.append({"step": restored.step, "seconds": result["train_seconds"],
+                        "eval": {"mAP_07": metrics["mAP_07"]}})
+    curves_png = plots.plot_training_curves(
+        records, os.path.join(drawn_dir, "training_curves.png"), metric="mAP_07",
+        plateau=plots.constant_classifier_loss(cfg.model.num_classes, cfg.loss.neg_pos_ratio),
+        target=FLAGS.target_map, title=f"{os.path.basename(os.path.normpath(FLAGS.model_dir))}: "
+                                       f"validation mAP_07 {metrics['mAP_07']:.3f}")
+
     print(json.dumps({
         "mAP_07": metrics["mAP_07"], "mAP_area": metrics["mAP_area"], "train_seconds": result["train_seconds"],
+        f"seconds_to_mAP_{FLAGS.target_map:.2f}": training_log.first_passing(records, "mAP_07", FLAGS.target_map),
         "eval_seconds": round(eval_seconds, 2), "step": result["step"], "loss": result["loss"],
-        "export_dir": export_dir, "detections_dir": drawn_dir,
+        "images_per_sec": result.get("images_per_sec"), "export_dir": export_dir, "detections_dir": drawn_dir,
+        "training_curves": curves_png,
     }))
 
 

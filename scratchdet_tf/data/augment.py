@@ -244,7 +244,7 @@ def random_flip(image, boxes, seed, prob=0.5):
 
 
 def augment_train(image, boxes, labels, difficult, seed, *, image_size, mean_rgb,
-                  expand_prob=0.5, max_expand_ratio=4.0, flip_prob=0.5):
+                  expand_prob=0.5, max_expand_ratio=4.0, flip_prob=0.5, photometric=True, crop=True):
     """The full SSD-Caffe training augmentation of one image (see the module docstring).
 
     Args:
@@ -259,6 +259,8 @@ def augment_train(image, boxes, labels, difficult, seed, *, image_size, mean_rgb
       expand_prob: probability of the zoom-out expansion.
       max_expand_ratio: its largest ratio.
       flip_prob: probability of the horizontal flip.
+      photometric: apply ``photometric_distort`` (False keeps the colours).
+      crop: sample the min-IoU crop (False keeps the whole, possibly expanded, canvas).
 
     Returns:
       image: float32 [S, S, 3] mean-subtracted RGB.
@@ -275,7 +277,7 @@ def augment_train(image, boxes, labels, difficult, seed, *, image_size, mean_rgb
     canvas_hw, offset = sample_expansion(hw, seeds[0], max_expand_ratio, expand_prob)
     canvas_f, offset_f = tf.cast(canvas_hw, tf.float32), tf.cast(offset, tf.float32)
     canvas_boxes = (boxes * tf.tile(hw_f, [2]) + tf.tile(offset_f, [2])) / tf.tile(canvas_f, [2])
-    crop = sample_crop(canvas_boxes, seeds[1])
+    crop = sample_crop(canvas_boxes, seeds[1]) if crop else tf.constant([0.0, 0.0, 1.0, 1.0])
     # Caffe's CropImage: integer pixel window from the clipped normalized crop.
     start = tf.floor(tf.clip_by_value(crop[:2], 0.0, 1.0) * canvas_f)
     extent = tf.maximum(tf.floor((crop[2:] - crop[:2]) * canvas_f), 1.0)
@@ -287,7 +289,9 @@ def augment_train(image, boxes, labels, difficult, seed, *, image_size, mean_rgb
     layout = tf.nest.map_structure(lambda a, b: tf.where(use_whole, b, a), layout, whole)
 
     # --- pixels: decode the visible part, distort, resize into place, pad with the mean ---
-    pixels = photometric_distort(_read_window(image, layout["visible"]), seeds[2])
+    pixels = tf.cast(_read_window(image, layout["visible"]), tf.float32)
+    if photometric:
+        pixels = photometric_distort(pixels, seeds[2])
     mean = tf.constant(mean_rgb, tf.float32)
     pixels = pixels - mean
     method = tf.random.stateless_uniform([], seeds[3], 0, len(INTERPOLATIONS), dtype=tf.int32)

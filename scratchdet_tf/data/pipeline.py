@@ -60,7 +60,8 @@ def pad_ground_truth(boxes, labels, difficult, max_boxes: int):
 
 def make_dataset(data_cfg, anchors, *, training: bool, image_size: int, batch_size: int,
                  input_context: tf.distribute.InputContext | None = None, iou_threshold: float = 0.5,
-                 variances: Sequence[float] = (0.1, 0.1, 0.2, 0.2), seed: int = 0) -> tf.data.Dataset:
+                 variances: Sequence[float] = (0.1, 0.1, 0.2, 0.2), seed: int = 0,
+                 neg_overlap: float | None = None) -> tf.data.Dataset:
     """Builds the training or evaluation dataset (see the module docstring for elements).
 
     Args:
@@ -72,6 +73,7 @@ def make_dataset(data_cfg, anchors, *, training: bool, image_size: int, batch_si
       batch_size: images per batch of this dataset (per replica when sharded).
       input_context: shards the source for multi-worker input.
       iou_threshold: prior matching threshold.
+      neg_overlap: unmatched priors at or above this IoU are ignored (``targets.encode``).
       variances: box coder variances.
       seed: seeds shuffling and, per element, augmentation (with ``data.deterministic``
         the whole stream is reproducible).
@@ -115,14 +117,16 @@ def make_dataset(data_cfg, anchors, *, training: bool, image_size: int, batch_si
             element_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
             image, boxes, labels, difficult = augment.augment_train(
                 raw["encoded"], boxes, labels, difficult, element_seed, image_size=image_size,
-                mean_rgb=data_cfg.mean_rgb)
+                mean_rgb=data_cfg.mean_rgb, expand_prob=data_cfg.expand_prob,
+                max_expand_ratio=data_cfg.max_expand_ratio, photometric=data_cfg.photometric,
+                crop=data_cfg.crop)
         else:
             decoded = images.decode(raw["encoded"])
             image = augment.transform_eval(decoded, image_size=image_size, mean_rgb=data_cfg.mean_rgb)
             if not training:
                 element.update(image_id=raw["image_id"], original_size=tf.shape(decoded)[:2])
         cls_targets, box_targets = targets.encode(boxes, labels, anchors, iou_threshold=iou_threshold,
-                                                  variances=tuple(variances))
+                                                  variances=tuple(variances), neg_overlap=neg_overlap)
         gt = pad_ground_truth(boxes, labels, difficult, data_cfg.max_boxes)
         element.update(image=image, cls_targets=cls_targets, box_targets=box_targets, gt_boxes=gt["gt_boxes"],
                        gt_labels=gt["gt_labels"], num_boxes=gt["num_boxes"])

@@ -27,10 +27,13 @@ class Norm:
     momentum: float = 0.99
     epsilon: float = 1e-5
     synchronized: bool = False
+    # Residual blocks start as identities: the BN closing each residual branch starts at gamma = 0.
+    zero_init_residual: bool = False
 
-    def layer(self, name: str) -> keras.layers.Layer:
+    def layer(self, name: str, zero_gamma: bool = False) -> keras.layers.Layer:
         return keras.layers.BatchNormalization(
-            momentum=self.momentum, epsilon=self.epsilon, synchronized=self.synchronized, name=name
+            momentum=self.momentum, epsilon=self.epsilon, synchronized=self.synchronized,
+            gamma_initializer="zeros" if zero_gamma else "ones", name=name,
         )
 
 
@@ -69,12 +72,15 @@ def conv(x, filters: int, kernel: int, *, stride: int = 1, pad: int | None = Non
 
 
 def conv_bn(x, filters: int, kernel: int, norm: Norm, *, stride: int = 1, pad: int | None = None,
-            dilation: int = 1, relu: bool = True, init: str = "xavier", name: str):
-    """conv → BN → ReLU; without BN the conv gets a bias instead (no conv bias before BN)."""
+            dilation: int = 1, relu: bool = True, init: str = "xavier", zero_gamma: bool = False, name: str):
+    """conv → BN → ReLU; without BN the conv gets a bias instead (no conv bias before BN).
+
+    ``zero_gamma`` starts the BN scale at 0 (the last BN of a residual branch, see ``Norm``).
+    """
     x = conv(x, filters, kernel, stride=stride, pad=pad, dilation=dilation, use_bias=not norm.enabled, init=init,
              name=name)
     if norm.enabled:
-        x = norm.layer(f"{name}_bn")(x)
+        x = norm.layer(f"{name}_bn", zero_gamma=zero_gamma)(x)
     if relu:
         x = keras.layers.ReLU(name=f"{name}_relu")(x)
     return x
@@ -84,6 +90,8 @@ def basic_block(x, filters: int, norm: Norm, *, stride: int, name: str, valid: b
     """ResNet v1 (post-activation) basic block: two 3x3 convs plus a shortcut, then ReLU.
 
     The shortcut is the identity when shape is kept, else a 1x1 conv + BN at the same stride.
+    With ``norm.zero_init_residual`` the branch's last BN starts at gamma = 0, so the block starts
+    as its shortcut (Goyal et al. 2017, torchvision's ``zero_init_residual``).
 
     Args:
       valid: the 3x3 stride-2 conv uses no padding (ScratchDet's 3x3 → 1x1 extra block).
@@ -97,7 +105,7 @@ def basic_block(x, filters: int, norm: Norm, *, stride: int, name: str, valid: b
             shortcut = keras.layers.Cropping2D(1, name=f"{name}_short_crop")(shortcut)
         shortcut = conv_bn(shortcut, filters, 1, norm, stride=stride, pad=0, relu=False, name=f"{name}_short")
     y = conv_bn(x, filters, 3, norm, stride=stride, pad=0 if valid else 1, name=f"{name}_conv1")
-    y = conv_bn(y, filters, 3, norm, relu=False, name=f"{name}_conv2")
+    y = conv_bn(y, filters, 3, norm, relu=False, zero_gamma=norm.zero_init_residual, name=f"{name}_conv2")
     y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
     return keras.layers.ReLU(name=f"{name}_out")(y)
 

@@ -1,4 +1,4 @@
-"""Root-ResNet-18/34 and the paper's ResNet-18 ablation family, plus the four residual extras.
+"""Root-ResNet-18/34 (and -10, one block per stage), the paper's ResNet-18 ablation family, and the extras.
 
 Paper §3.2 and Fig. 3 (DESIGN.md "Decisions"): a root block of ``root_depth`` convs
 (k×k, 64 ch, the first at ``first_stride``), an optional 2×2/2 max-pool, the four
@@ -17,7 +17,8 @@ import keras
 from scratchdet_tf.models import blocks
 
 STAGE_CHANNELS = (64, 128, 256, 512)
-STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+# 10: one block per stage, not in the paper; a fast backbone for small CPU-trained models (the demo).
+STAGE_BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 NUM_EXTRA_BLOCKS = 4
 MAX_STRIDE = 16  # the second detection level sits at stride 16 (19×19 at 300) in every variant
 

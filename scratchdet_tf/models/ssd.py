@@ -23,7 +23,8 @@ def build_model(model_cfg, anchor_cfg, *, sync_bn: bool = False) -> keras.Model:
       A model mapping images [B, S, S, 3] to ``{"box_deltas": float32 [B, A, 4],
       "cls_logits": float32 [B, A, C+1]}``; column 0 of the logits is background.
     """
-    backbone_norm = blocks.Norm(model_cfg.backbone_bn, model_cfg.bn_momentum, model_cfg.bn_epsilon, sync_bn)
+    backbone_norm = blocks.Norm(model_cfg.backbone_bn, model_cfg.bn_momentum, model_cfg.bn_epsilon, sync_bn,
+                                zero_init_residual=model_cfg.zero_init_residual)
     head_norm = blocks.Norm(model_cfg.head_bn, model_cfg.bn_momentum, model_cfg.head_bn_epsilon, sync_bn)
     images = keras.Input((model_cfg.image_size, model_cfg.image_size, 3), name="images")
     sources = {
