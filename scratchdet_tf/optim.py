@@ -16,6 +16,14 @@ import keras
 import tensorflow as tf
 
 
+def _warmup(step, warmup_steps: int, warmup_factor: float):
+    """The linear warm-up multiplier: ``warmup_factor`` at step 0, 1 from ``warmup_steps`` on."""
+    if not warmup_steps:
+        return 1.0
+    alpha = tf.minimum(step / warmup_steps, 1.0)
+    return warmup_factor + (1.0 - warmup_factor) * alpha
+
+
 @keras.saving.register_keras_serializable(package="scratchdet_tf")
 class WarmupMultiStep(keras.optimizers.schedules.LearningRateSchedule):
     """lr(step): linear warm-up from ``base * warmup_factor``, then ×``decay`` at each boundary.
@@ -36,11 +44,7 @@ class WarmupMultiStep(keras.optimizers.schedules.LearningRateSchedule):
         passed = tf.zeros([], tf.float32)
         for b in self.boundaries:
             passed += tf.cast(step >= b, tf.float32)
-        lr = self.base_lr * tf.pow(self.decay, passed)
-        if self.warmup_steps:
-            alpha = tf.minimum(step / self.warmup_steps, 1.0)
-            lr *= self.warmup_factor + (1.0 - self.warmup_factor) * alpha
-        return lr
+        return self.base_lr * tf.pow(self.decay, passed) * _warmup(step, self.warmup_steps, self.warmup_factor)
 
     def get_config(self):
         return {"base_lr": self.base_lr, "boundaries": self.boundaries, "decay": self.decay,
@@ -70,10 +74,7 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         t = tf.clip_by_value((step - self.warmup_steps) / span, 0.0, 1.0)
         f = self.final_factor
         lr = self.base_lr * (f + (1.0 - f) * 0.5 * (1.0 + tf.cos(math.pi * t)))
-        if self.warmup_steps:
-            alpha = tf.minimum(step / self.warmup_steps, 1.0)
-            lr *= self.warmup_factor + (1.0 - self.warmup_factor) * alpha
-        return lr
+        return lr * _warmup(step, self.warmup_steps, self.warmup_factor)
 
     def get_config(self):
         return {"base_lr": self.base_lr, "total_steps": self.total_steps, "final_factor": self.final_factor,
