@@ -34,6 +34,11 @@ def match(gt_boxes, anchors, iou_threshold=0.5):
     Returns:
       int32 [A]: the matched GT index, or -1 for an unmatched prior (background).
     """
+    return _match(gt_boxes, anchors, iou_threshold)[0]
+
+
+def _match(gt_boxes, anchors, iou_threshold):
+    """``match``, plus each prior's best IoU with any GT (float32 [A], 0 without GTs)."""
     gt_boxes = tf.reshape(tf.convert_to_tensor(gt_boxes, tf.float32), [-1, 4])
     anchors = tf.convert_to_tensor(anchors, tf.float32)
     num_gt = tf.shape(gt_boxes)[0]
@@ -54,7 +59,7 @@ def match(gt_boxes, anchors, iou_threshold=0.5):
     best_gt = tf.argmax(overlaps, axis=0, output_type=tf.int32)  # [A]; first index on ties
     best_iou = tf.reduce_max(overlaps, axis=0)
     per_prediction = tf.where((best_iou >= iou_threshold) & (best_iou > _MIN_OVERLAP), best_gt, -1)
-    return tf.where(bipartite >= 0, bipartite, per_prediction)
+    return tf.where(bipartite >= 0, bipartite, per_prediction), best_iou
 
 
 def _bipartite(overlaps):
@@ -131,7 +136,7 @@ def encode(gt_boxes, gt_labels, anchors, iou_threshold=0.5, variances=box_ops.VA
     valid = gt_labels >= 0
     gt_boxes = tf.boolean_mask(gt_boxes, valid)  # [N, 4]
     gt_labels = tf.boolean_mask(gt_labels, valid)  # [N]
-    matches = match(gt_boxes, anchors, iou_threshold)  # [A]
+    matches, best_iou = _match(gt_boxes, anchors, iou_threshold)  # [A] each
 
     positive = matches >= 0
     # Background priors gather a dummy unit box (index N) so that encode stays finite.
@@ -141,7 +146,6 @@ def encode(gt_boxes, gt_labels, anchors, iou_threshold=0.5, variances=box_ops.VA
     box_targets = tf.where(positive[:, None], box_targets, 0.0)
     cls_targets = tf.where(positive, tf.gather(tf.concat([gt_labels, [-1]], 0), index) + 1, 0)
     if neg_overlap is not None and neg_overlap < iou_threshold:
-        best_iou = tf.reduce_max(box_ops.iou(tf.concat([gt_boxes, tf.zeros([1, 4])], 0), anchors), axis=0)
         cls_targets = tf.where(~positive & (best_iou >= neg_overlap), -1, cls_targets)
 
     num_anchors = anchors.shape[0]
