@@ -22,6 +22,8 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from scratchdet_tf import plots
+
 TAGS = ("loss", "grad_norm", "grad_norm_fluctuation")
 PANELS = (("loss", "(a) training loss"), ("grad_norm", "(b) L2 norm of gradient"),
           ("grad_norm_fluctuation", "(c) fluctuation of L2 norm of gradient (EMA {smoothing:g})"))
@@ -136,12 +138,7 @@ def plot_landscape(runs: Sequence[Run], out_path: str, *, smoothing: float = 0.9
     Returns:
       ``out_path``.
     """
-    # The object-oriented API with the Agg canvas: no pyplot state, no global backend switch.
-    from matplotlib import figure as figure_lib
-    from matplotlib.backends import backend_agg
-
-    fig = figure_lib.Figure(figsize=(15, 4.2), dpi=100)
-    backend_agg.FigureCanvasAgg(fig)
+    fig = plots.new_figure(15, 4.2)
     axes = fig.subplots(1, len(PANELS))
     for ax, (tag, panel_title) in zip(axes, PANELS):
         for index, run in enumerate(runs):
@@ -161,9 +158,4 @@ def plot_landscape(runs: Sequence[Run], out_path: str, *, smoothing: float = 0.9
             ax.set_yscale("log", nonpositive="mask")
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    fig.savefig(out_path)
-    return out_path
+    return plots.save_figure(fig, out_path, title)

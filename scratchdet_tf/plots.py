@@ -1,27 +1,10 @@
-"""The training-curves figure of one run: losses and validation mAP against steps and seconds."""
+"""Figures as PNG files: the training curves of one run (losses and validation mAP against steps and
+seconds), and the Agg-canvas figure helpers the other plots share."""
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Dict, List
-
-
-def constant_classifier_loss(num_classes: int, neg_pos_ratio: float = 3.0) -> float:
-    """Classification loss per positive of the best classifier that ignores the image.
-
-    Over the scored priors (each positive plus ``neg_pos_ratio`` mined negatives) the best
-    constant softmax gives background ``r / (1 + r)`` and every class ``1 / ((1 + r) C)``
-    (classes equally frequent), so the MultiBox classification loss (summed, divided by the
-    positives) is ``-ln(1 / ((1 + r) C)) - r ln(r / (1 + r))``: 3.86 for 5 classes at 3:1,
-    5.98 for 20, 7.36 for 80. A training curve that sits at this level has learned nothing
-    about what an object is.
-    """
-    r = float(neg_pos_ratio)
-    loss = -math.log(1.0 / ((1.0 + r) * num_classes))
-    if r > 0:
-        loss -= r * math.log(r / (1.0 + r))
-    return loss
 
 
 def plot_training_curves(records: List[Dict], out_path: str, *, metric: str = "mAP_07",
@@ -36,21 +19,16 @@ def plot_training_curves(records: List[Dict], out_path: str, *, metric: str = "m
       records: ``training_log.read(model_dir)``.
       out_path: the PNG to write (its folder is created).
       metric: evaluation key to draw.
-      plateau: loss level of the input-independent classifier (``constant_classifier_loss``).
+      plateau: loss level of the input-independent classifier (``losses.constant_classifier_loss``).
       target: metric level to mark.
       title: figure title.
 
     Returns:
       ``out_path``.
     """
-    # The object-oriented API with the Agg canvas: no pyplot state, no global backend switch.
-    from matplotlib import figure as figure_lib
-    from matplotlib.backends import backend_agg
-
     train = [r for r in records if "cls_loss" in r]
     evals = [r for r in records if metric in r.get("eval", {})]
-    fig = figure_lib.Figure(figsize=(12, 4.2), dpi=100)
-    backend_agg.FigureCanvasAgg(fig)
+    fig = new_figure(12, 4.2)
     for ax, x_key, x_label in zip(fig.subplots(1, 2), ("step", "seconds"), ("training step", "training seconds")):
         for key, color in (("cls_loss", "C0"), ("box_loss", "C1")):
             points = [(r[x_key], r[key]) for r in train if r.get(key) is not None]
@@ -74,6 +52,21 @@ def plot_training_curves(records: List[Dict], out_path: str, *, metric: str = "m
         handles = ax.get_legend_handles_labels()
         more = right.get_legend_handles_labels()
         ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize=8, loc="center right")
+    return save_figure(fig, out_path, title)
+
+
+def new_figure(width: float, height: float):
+    """A matplotlib Figure (inches, 100 dpi) on the Agg canvas: no pyplot state, no global backend switch."""
+    from matplotlib import figure as figure_lib
+    from matplotlib.backends import backend_agg
+
+    fig = figure_lib.Figure(figsize=(width, height), dpi=100)
+    backend_agg.FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig, out_path: str, title: str = "") -> str:
+    """Titles (when given), lays out and writes ``fig`` to ``out_path`` (its folder is created); returns the path."""
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()

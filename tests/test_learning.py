@@ -9,10 +9,13 @@ several seeds, with margin for run-to-run noise: seeds 0-3 ended at classificati
 
 import pytest
 
-from scratchdet_tf import checkpoints, config, eval_lib, plots, train_lib, training_log
+from scratchdet_tf import checkpoints, config, eval_lib, losses, train_lib, training_log
 from scratchdet_tf.data import shapes
 
 SEEDS = (0,)
+LEARN_STEPS = 300
+CLS_FRACTION = 0.5  # the final classification loss must be below half the constant-classifier level
+MIN_TRAIN_MAP = 0.6
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +39,6 @@ def learning_cfg(data_dir, seed):
     )
 
 
-LEARN_STEPS = 300
-CLS_FRACTION = 0.5  # the final classification loss must be below half the constant-classifier level
-MIN_TRAIN_MAP = 0.6
-
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_tiny_detector_leaves_the_plateau_and_detects_its_training_shapes(easy_shapes, tmp_path, seed):
@@ -48,7 +47,7 @@ def test_tiny_detector_leaves_the_plateau_and_detects_its_training_shapes(easy_s
     result = train_lib.train(cfg, model_dir)
     assert result["status"] == "finished"
 
-    plateau = plots.constant_classifier_loss(cfg.model.num_classes, cfg.loss.neg_pos_ratio)  # 3.86
+    plateau = losses.constant_classifier_loss(cfg.model.num_classes, cfg.loss.neg_pos_ratio)  # 3.86
     last = [r["cls_loss"] for r in training_log.read(model_dir) if "cls_loss" in r][-5:]
     assert sum(last) / len(last) < CLS_FRACTION * plateau, f"classification loss {last} vs plateau {plateau:.2f}"
 

@@ -1,5 +1,7 @@
 """losses: MultiBox sums against a numpy twin of Caffe's MultiBoxLoss; mining counts; XLA."""
 
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -146,3 +148,10 @@ def test_half_precision_inputs_give_float32_loss():
 
 def test_smooth_l1_transition_at_one():
     np.testing.assert_allclose(losses.smooth_l1(tf.constant([0.0, 0.5, -1.0, 3.0])).numpy(), [0.0, 0.125, 0.5, 2.5])
+
+
+def test_constant_classifier_loss_hand_computed():
+    # 5 classes, 3 negatives per positive: background 3/4, each class 1/20.
+    assert losses.constant_classifier_loss(5, 3.0) == pytest.approx(-math.log(0.05) - 3 * math.log(0.75))
+    assert losses.constant_classifier_loss(5, 3.0) == pytest.approx(3.8588, abs=1e-4)
+    assert losses.constant_classifier_loss(20, 0.0) == pytest.approx(math.log(20))

@@ -1,19 +1,10 @@
 """training_log (the run's JSON-lines curves) and the curves figure, against hand-written records."""
 
-import math
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from scratchdet_tf import plots, training_log
-
-
-def test_constant_classifier_loss_hand_computed():
-    # 5 classes, 3 negatives per positive: background 3/4, each class 1/20.
-    assert plots.constant_classifier_loss(5, 3.0) == pytest.approx(-math.log(0.05) - 3 * math.log(0.75))
-    assert plots.constant_classifier_loss(5, 3.0) == pytest.approx(3.8588, abs=1e-4)
-    assert plots.constant_classifier_loss(20, 0.0) == pytest.approx(math.log(20))
 
 
 def test_log_appends_records_and_a_resume_drops_steps_after_its_checkpoint(tmp_path):

@@ -18,7 +18,7 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image
 
-from scratchdet_tf import checkpoints, config_flags, eval_lib, export, plots, train_lib, training_log, visualize
+from scratchdet_tf import checkpoints, config_flags, eval_lib, export, losses, plots, train_lib, training_log, visualize
 from scratchdet_tf.data import shapes
 
 FLAGS = flags.FLAGS
@@ -73,7 +73,7 @@ def main(argv):
                         "eval": {"mAP_07": metrics["mAP_07"]}})
     curves_png = plots.plot_training_curves(
         records, os.path.join(drawn_dir, "training_curves.png"), metric="mAP_07",
-        plateau=plots.constant_classifier_loss(cfg.model.num_classes, cfg.loss.neg_pos_ratio),
+        plateau=losses.constant_classifier_loss(cfg.model.num_classes, cfg.loss.neg_pos_ratio),
         target=FLAGS.target_map, title=f"{os.path.basename(os.path.normpath(FLAGS.model_dir))}: "
                                        f"validation mAP_07 {metrics['mAP_07']:.3f}")
 

@@ -277,10 +277,10 @@ def augment_train(image, boxes, labels, difficult, seed, *, image_size, mean_rgb
     canvas_hw, offset = sample_expansion(hw, seeds[0], max_expand_ratio, expand_prob)
     canvas_f, offset_f = tf.cast(canvas_hw, tf.float32), tf.cast(offset, tf.float32)
     canvas_boxes = (boxes * tf.tile(hw_f, [2]) + tf.tile(offset_f, [2])) / tf.tile(canvas_f, [2])
-    crop = sample_crop(canvas_boxes, seeds[1]) if crop else tf.constant([0.0, 0.0, 1.0, 1.0])
+    crop_box = sample_crop(canvas_boxes, seeds[1]) if crop else tf.constant([0.0, 0.0, 1.0, 1.0])
     # Caffe's CropImage: integer pixel window from the clipped normalized crop.
-    start = tf.floor(tf.clip_by_value(crop[:2], 0.0, 1.0) * canvas_f)
-    extent = tf.maximum(tf.floor((crop[2:] - crop[:2]) * canvas_f), 1.0)
+    start = tf.floor(tf.clip_by_value(crop_box[:2], 0.0, 1.0) * canvas_f)
+    extent = tf.maximum(tf.floor((crop_box[2:] - crop_box[:2]) * canvas_f), 1.0)
     extent = tf.minimum(extent, canvas_f - start)
     layout = _layout(hw_f, offset_f, tf.concat([start, extent], 0), boxes, image_size)
     whole = _layout(hw_f, offset_f, tf.concat([[0.0, 0.0], canvas_f], 0), boxes, image_size)
