@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -117,7 +117,7 @@ def evaluate(cfg, model, anchors, *, source: str | None = None, num_images: int 
 
 def evaluate_predict_fn(predict_fn: PredictFn, source: str, *, metric: str = "voc07", tfds_data_dir: str = "",
                         num_images: int = 0, output_dir: str | None = None, step: int | None = None,
-                        method: str = "ours") -> dict:
+                        method: str = "ours", class_names: Sequence[str] = ()) -> dict:
     """Evaluates a predict function (uint8 original images -> detections) on ``source``, image by image.
 
     Args:
@@ -129,6 +129,8 @@ def evaluate_predict_fn(predict_fn: PredictFn, source: str, *, metric: str = "vo
       output_dir: where ``metrics.json`` (or a test set's results files) go; None writes no metrics file.
       step: training step, recorded in the metrics.
       method: row name in the printed table.
+      class_names: the model's class names (label order), if known: they must be the source's
+        (``class_1`` .. ``class_C``, the export's names for unnamed classes, are not checked).
 
     Returns:
       VOC: ``{"mAP_07", "mAP_area", "per_class": {name: {"ap_07", "ap_area", "num_gt"}}, "num_images"}``;
@@ -136,10 +138,14 @@ def evaluate_predict_fn(predict_fn: PredictFn, source: str, *, metric: str = "vo
       ground truth: ``{"num_images", "results": <the folder or file written>}``. Plus ``"step"`` if given.
 
     Raises:
-      ValueError: the source yields no image, or a test set needs ``output_dir``.
+      ValueError: the source yields no image, a test set needs ``output_dir``, or the model's class
+        names differ from the source's.
     """
     start = time.perf_counter()
     dataset, info = readers.read(source, tfds_data_dir=tfds_data_dir, training=False)
+    unnamed = tuple(f"class_{k + 1}" for k in range(len(class_names)))  # export's fallback: no names known
+    if class_names and tuple(class_names) not in (tuple(info.class_names), unnamed):
+        raise ValueError(f"the model detects {list(class_names)} but {source!r} has classes {list(info.class_names)}")
     if num_images:
         dataset = dataset.take(num_images)
     images: List[_Image] = []

@@ -265,7 +265,18 @@ def read_info(model_path: str) -> dict:
 
 
 def class_names_of(model_path: str) -> tuple:
-    """Class names of an export: ``assets/labels.txt`` of the SavedModel, else ``export_info.json``; () if unknown."""
+    """Class names of an export; () if unknown.
+
+    A ``.tflite`` answers from its own packed ``labels.txt`` (TFLite metadata, so a model copied on
+    its own keeps its names), a SavedModel from ``assets/labels.txt``; else ``export_info.json``
+    beside the model.
+    """
+    if os.path.isfile(model_path) and model_path.endswith(".tflite"):
+        from scratchdet_tf import tflite_metadata
+
+        packed = tflite_metadata.packed_labels(model_path)
+        if packed:
+            return packed
     labels = os.path.join(export_dir_of(model_path), "assets", LABELS_FILE)
     if os.path.isfile(labels):
         with open(labels) as f:

@@ -7,6 +7,9 @@ TFLite models have it): ``detection_boxes`` float32 [1, N, 4] normalized yxyx (n
 ``detection_classes`` float32 [1, N] **0-based without background** (= data label),
 ``detection_scores`` float32 [1, N], ``num_detections`` float32 [1].
 
+Each file then gets TFLite Model Metadata, its labels packed in and its outputs put in the op's
+port order (``tflite_metadata``), so MediaPipe Tasks' ObjectDetector loads it as it is.
+
 The post-processing is an empty ``tf.function`` whose ``experimental_implements`` attribute names
 the custom op and its attributes; the converter replaces it by the op (``allow_custom_ops``), so the
 model needs only builtin ops, no Flex. The op decodes with y/x/h/w scales 10/10/5/5 (= our
@@ -29,7 +32,7 @@ from absl import logging
 from flatbuffers import flexbuffers
 from tensorflow.lite.tools import flatbuffer_utils
 
-from scratchdet_tf import box_ops, export
+from scratchdet_tf import __version__, box_ops, export, tflite_metadata
 from scratchdet_tf import config as config_lib
 
 MODES = config_lib.TFLITE_MODES  # fp32, fp16, dynamic, int8
@@ -168,19 +171,32 @@ def export_tflite(model: keras.Model, anchors: np.ndarray, cfg: config_lib.Confi
                          input_signature=[tf.TensorSpec([1, size, size, 3], tf.uint8, name="images")])
     written = {}
     os.makedirs(export_dir, exist_ok=True)
+    info = export.read_info(export_dir) or export.export_info(cfg, model, export.default_class_names(cfg))
+    class_names = info["class_names"]
+    if len(class_names) != cfg.model.num_classes:
+        raise ValueError(f"{len(class_names)} class names for a model with {cfg.model.num_classes} classes")
     with tempfile.TemporaryDirectory() as tmp:
         archive.write_out(tmp, verbose=False)
         for mode in modes:
-            flatbuffer = convert(tmp, mode, representative_images)
+            flatbuffer = tflite_metadata.add_metadata(
+                convert(tmp, mode, representative_images), class_names, name=model.name,
+                description=_description(cfg, mode, class_names), version=__version__)
             name = f"model_{mode}.tflite"
             with open(os.path.join(export_dir, name), "wb") as f:
                 f.write(flatbuffer)
             written[mode] = {"file": name, "bytes": len(flatbuffer)}
-    info = export.read_info(export_dir) or export.export_info(cfg, model, export.default_class_names(cfg))
     info.setdefault("tflite", {}).update(written)
     info["tflite_nms"] = "regular" if use_regular_nms else "fast"  # recorded for readers of the info file
     export.write_info(export_dir, info)
     return written
+
+
+def _description(cfg: config_lib.Config, mode: str, class_names: Sequence[str]) -> str:
+    size = cfg.model.image_size
+    return (f"ScratchDet SSD ({cfg.model.backbone}, trained from scratch with scratchdet-tf), TFLite {mode}. "
+            f"Input: RGB uint8 [1, {size}, {size}, 3], the whole image warp-resized (no letterbox). "
+            f"Outputs: up to {cfg.export.max_detections} boxes after NMS, {len(class_names)} classes "
+            f"({', '.join(class_names[:10])}{', ...' if len(class_names) > 10 else ''}).")
 
 
 # --- calibration images ---

@@ -80,6 +80,16 @@ def test_tiny_model_evaluates_end_to_end(tiny, tmp_path, capsys):
     assert metrics["num_images"] == 2 and "Method" in capsys.readouterr().out
 
 
+def test_model_class_names_must_be_the_sources(data):
+    predict = ground_truth_predict_fn(data["instances"])
+    named = eval_lib.evaluate_predict_fn(predict, data["source"], class_names=shapes.CLASS_NAMES)
+    assert named["mAP_07"] == pytest.approx(1.0, abs=1e-12)
+    unnamed = tuple(f"class_{k + 1}" for k in range(len(shapes.CLASS_NAMES)))  # an export that knew no names
+    assert eval_lib.evaluate_predict_fn(predict, data["source"], class_names=unnamed)["mAP_07"] == named["mAP_07"]
+    with pytest.raises(ValueError, match=r"detects \['cat', 'dog'.*has classes \['circle'"):
+        eval_lib.evaluate_predict_fn(predict, data["source"], class_names=("cat", "dog", "a", "b", "c"))
+
+
 def test_ground_truth_as_predictions_scores_one(data, tmp_path):
     predict = ground_truth_predict_fn(data["instances"])
     voc = eval_lib.evaluate_predict_fn(predict, data["source"], metric="voc07", output_dir=str(tmp_path))

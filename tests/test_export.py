@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from scratchdet_tf import box_ops, config, config_flags, export, export_tflite, postprocess
+from scratchdet_tf import box_ops, config, config_flags, export, export_tflite, postprocess, tflite_metadata
 from scratchdet_tf.data import augment
 from scratchdet_tf.models import ssd
 
@@ -271,6 +271,65 @@ def test_each_tflite_mode_runs_with_builtin_ops_and_the_detection_op(exported):
         assert 0 < n <= 20, mode
         assert ((out["boxes"] >= 0) & (out["boxes"] <= 1)).all() and (out["classes"][0, :n] < 3).all()
         assert (np.diff(out["scores"][0, :n]) <= 1e-6).all(), mode  # sorted
+
+
+def test_tflite_outputs_sit_in_the_detection_op_port_order(exported):
+    # Runtimes that go by position (MediaPipe without names, TF OD API clients) read output i as port i
+    # of TFLite_Detection_PostProcess: boxes, classes, scores, count. LiteRT's own view is the reference.
+    for mode in export_tflite.MODES:
+        interpreter = export_tflite.interpreter(os.path.join(exported["dir"], f"model_{mode}.tflite"), xnnpack=False)
+        op = next(o for o in interpreter._get_ops_details() if o["op_name"] == "TFLite_Detection_PostProcess")
+        physical = [d["index"] for d in interpreter.get_output_details()]
+        assert physical == list(op["outputs"]), mode
+        shapes = [tuple(d["shape"]) for d in interpreter.get_output_details()]
+        assert shapes == [(1, 20, 4), (1, 20), (1, 20), (1,)], (mode, shapes)
+        # The signature still maps the OD API names onto the same tensors.
+        runner = interpreter.get_signature_runner()
+        out = {k: np.array(v) for k, v in runner(images=images(1, seed=3)).items()}
+        by_name = [out[k] for k in ("detection_boxes", "detection_classes", "detection_scores", "num_detections")]
+        for got, index in zip(by_name, physical):
+            np.testing.assert_array_equal(got, interpreter.get_tensor(index))
+
+
+def test_tflite_metadata_round_trips(exported):
+    # Read back with the schema MediaPipe ships, the packed files with zipfile: what a runtime sees.
+    import zipfile
+
+    for mode in export_tflite.MODES:
+        path = os.path.join(exported["dir"], f"model_{mode}.tflite")
+        meta = tflite_metadata.read_metadata(path)
+        assert meta["name"] == exported["model"].name and mode in meta["description"]
+        assert meta["min_parser_version"] == "1.2.0"
+        assert meta["input"] == {"name": "image", "color_space": 1, "normalization": None}  # RGB, uint8: none
+        assert meta["outputs"] == ["location", "category", "score", "number of detections"]
+        assert meta["output_groups"] == {"detection_result": ["location", "category", "score"]}
+        assert meta["box_index"] == [1, 0, 3, 2]  # left, top, right, bottom inside [ymin, xmin, ymax, xmax]
+        assert meta["label_files"] == {"category": ["labels.txt"]}
+        with zipfile.ZipFile(path) as archive:
+            assert archive.read("labels.txt").decode() == "cat\ndog\nbird\n"
+        assert meta["labels"] == CLASS_NAMES
+
+
+def test_tflite_copied_alone_keeps_its_class_names(exported, tmp_path):
+    alone = tmp_path / "model.tflite"
+    alone.write_bytes(open(os.path.join(exported["dir"], "model_fp32.tflite"), "rb").read())
+    assert export.class_names_of(str(alone)) == CLASS_NAMES
+    bare = tmp_path / "bare.tflite"  # what the converter alone writes: no metadata, no names
+    bare.write_bytes(tflite_metadata._flatbuffer_part(alone.read_bytes()))
+    assert export.class_names_of(str(bare)) == ()
+
+
+def test_metadata_is_replaced_not_stacked_when_written_twice(exported):
+    with open(os.path.join(exported["dir"], "model_fp32.tflite"), "rb") as f:
+        once = f.read()
+    twice = tflite_metadata.add_metadata(once, ("a", "b", "c"), name="again", description="d")
+    meta = tflite_metadata.read_metadata(twice)
+    assert meta["name"] == "again" and meta["labels"] == ("a", "b", "c")
+    fresh = tflite_metadata.add_metadata(tflite_metadata._flatbuffer_part(once), ("a", "b", "c"), name="again",
+                                         description="d")
+    assert len(twice) == len(fresh)  # the old metadata buffer and labels are gone, not kept beside
+    with pytest.raises(ValueError, match="single lines"):
+        tflite_metadata.add_metadata(once, ("a", "b\nc", "d"), name="x", description="y")
 
 
 def test_int8_model_has_int8_weights_uint8_input_and_float_outputs(exported):

@@ -102,7 +102,8 @@ def evaluate_model():
         return eval_lib.evaluate_predict_fn(
             predict_fn, source, metric=cfg.eval.metric, tfds_data_dir=cfg.data.tfds_data_dir,
             num_images=cfg.eval.num_images, output_dir=output_dir,
-            method=os.path.basename(os.path.normpath(FLAGS.saved_model)))
+            method=os.path.basename(os.path.normpath(FLAGS.saved_model)),
+            class_names=export.class_names_of(FLAGS.saved_model))
     output_dir = FLAGS.output_dir or os.path.join(FLAGS.model_dir, "eval")
     if FLAGS.continuous:
         metrics = eval_lib.evaluate_checkpoints(cfg, FLAGS.model_dir, source=source, output_dir=output_dir,
