@@ -9,8 +9,10 @@ from typing import NamedTuple
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from scratchdet_tf import config as config_lib
+from scratchdet_tf import run_dir
 from scratchdet_tf.models import ssd
 
 
@@ -50,14 +52,28 @@ def restore_model(model_dir: str, checkpoint: str | None = None, cfg: config_lib
       checkpoint: a checkpoint prefix; default: the newest in ``model_dir``.
       cfg: use this config instead of ``model_dir/config.json``.
 
+    Without ``checkpoint``, the newest complete checkpoint on disk is read (the ``checkpoint``
+    index file is not needed); a truncated or corrupt one is skipped with a warning naming it.
+
     Raises:
       FileNotFoundError: no config or no checkpoint, naming the folder.
+      run_dir.RunDirError: checkpoints exist but none is readable, or the named one is not.
     """
     cfg = cfg or load_config(model_dir)
-    checkpoint = checkpoint or tf.train.latest_checkpoint(model_dir)
-    if not checkpoint:
+    candidates = [checkpoint] if checkpoint else run_dir.resume_candidates(model_dir)
+    if not candidates:
         raise FileNotFoundError(f"no checkpoint in {model_dir!r}")
     model = ssd.build_model(cfg.model, cfg.anchors)
-    tf.train.Checkpoint(model=model).read(checkpoint).expect_partial()
+    failures = []
+    for checkpoint in candidates:
+        try:
+            tf.train.Checkpoint(model=model).read(checkpoint).expect_partial()
+            break
+        except (IndexError, tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.NotFoundError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            logging.warning("checkpoint %s is unreadable (%s); trying the previous one", checkpoint, reason)
+            failures.append(f"{os.path.basename(checkpoint)}: {reason}")
+    else:
+        raise run_dir.RunDirError(f"no readable checkpoint in {model_dir!r} ({'; '.join(failures)})")
     anchors = ssd.model_anchors(model, cfg.anchors, cfg.model.image_size)
     return Restored(cfg, model, anchors, checkpoint, checkpoint_step(checkpoint))

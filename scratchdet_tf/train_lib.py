@@ -9,11 +9,14 @@ model, optimizer, step and the input iterator, so a killed run resumes exactly.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from typing import Dict
 
@@ -24,7 +27,7 @@ from absl import logging
 from tensorflow.python.framework import config as tf_framework_config
 
 from scratchdet_tf import config as config_lib
-from scratchdet_tf import finetune, losses, optim, training_log
+from scratchdet_tf import finetune, losses, optim, run_dir, training_log
 from scratchdet_tf.data import pipeline
 from scratchdet_tf.models import ssd
 
@@ -100,12 +103,104 @@ def per_replica_batch_size(train_cfg, num_replicas: int) -> int:
     return train_cfg.batch_size // parts
 
 
-def train(cfg: config_lib.Config, model_dir: str) -> Dict:
-    """Trains until ``cfg.train.max_steps`` (resuming from ``model_dir``) or divergence.
+def _restore_newest_readable(checkpoint: tf.train.Checkpoint, model_dir: str) -> str | None:
+    """Restores the newest complete, readable checkpoint of ``model_dir``; None if it has none.
+
+    The ``checkpoint`` index file is not trusted: the candidates are the checkpoint files themselves.
+    A truncated or corrupt one is skipped with a warning naming it.
+
+    Raises:
+      run_dir.RunDirError: checkpoints exist but none can be read (nothing is touched).
+    """
+    candidates = run_dir.resume_candidates(model_dir)
+    indexed = tf.train.latest_checkpoint(model_dir)
+    if candidates and indexed != candidates[0]:
+        logging.warning("%s's checkpoint index names %s, but the newest complete checkpoint is %s; resuming "
+                        "from the files", model_dir, indexed, candidates[0])
+    failures = []
+    for prefix in candidates:
+        try:
+            checkpoint.restore(prefix).assert_existing_objects_matched()
+            return prefix
+        except (IndexError, tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.NotFoundError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            logging.warning("checkpoint %s is unreadable (%s); trying the previous one", prefix, reason)
+            failures.append(f"{os.path.basename(prefix)}: {reason}")
+    if failures:
+        raise run_dir.RunDirError(f"no readable checkpoint in {model_dir!r} ({'; '.join(failures)}); "
+                                  "nothing was changed")
+    return None
+
+
+def _save(manager: tf.train.CheckpointManager, step: int) -> str:
+    """``manager.save`` at ``step``; a failed save (disk full, read-only) leaves no partial files behind.
+
+    Raises:
+      run_dir.RunDirError: naming the checkpoint and the reason; earlier checkpoints are intact.
+    """
+    prefix = os.path.join(manager.directory, f"ckpt-{step}")
+    try:
+        return manager.save(checkpoint_number=step)
+    except (OSError, tf.errors.OpError) as err:
+        run_dir.remove_partial_save(prefix)
+        reason = getattr(err, "message", None) or getattr(err, "strerror", None) or str(err)
+        raise run_dir.RunDirError(f"could not save checkpoint {prefix}: {reason.strip().splitlines()[0]}; "
+                                  "the earlier checkpoints are intact") from None
+
+
+def train(cfg: config_lib.Config, model_dir: str, *, allow_config_change: bool = False) -> Dict:
+    """Trains until ``cfg.train.max_steps`` (resuming from ``model_dir``), divergence or SIGTERM/SIGINT.
+
+    The chief holds ``model_dir``'s lock for the whole run (``run_dir.RunLock``). A relaunch resumes
+    from the newest readable complete checkpoint (``run_dir.resume_candidates``), and may not change
+    what the run computes unless ``allow_config_change`` (``run_dir.check_config``); nothing is
+    written into ``model_dir`` before the config, the data source and the checkpoint have been read.
+    SIGTERM or SIGINT (in the main thread) ends the run after the current step with a checkpoint at
+    that step: status ``"interrupted"``, ``"signal"`` names it.
 
     Returns:
-      ``{"step", "loss", "status": "finished" | "diverged", "train_seconds", ...}``.
+      ``{"step", "loss", "status": "finished" | "diverged" | "interrupted", "train_seconds", ...}``.
+
+    Raises:
+      config.ConfigError: a bad setting, or a changed configuration of an existing run.
+      run_dir.RunDirError: the folder is owned by another trainer, or no checkpoint in it is readable,
+        or a checkpoint cannot be saved (the message says why; earlier checkpoints stay intact).
     """
+    with _StopOnSignal() as stop:
+        return _train(cfg, model_dir, allow_config_change, stop)
+
+
+class _StopOnSignal:
+    """Records SIGTERM / SIGINT instead of dying, while installed (main thread only)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        del frame
+        if self.signum is not None:  # a second signal: the default action (end now, no checkpoint)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        logging.warning("received %s: stopping after the current step with a checkpoint (send it again to end "
+                        "at once)", signal.Signals(signum).name)
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _train(cfg: config_lib.Config, model_dir: str, allow_config_change: bool, stop: _StopOnSignal) -> Dict:
     tcfg = cfg.train
     # --- setup ---
     keras.utils.set_random_seed(tcfg.seed)
@@ -117,14 +212,21 @@ def train(cfg: config_lib.Config, model_dir: str) -> Dict:
     keras.mixed_precision.set_global_policy(tcfg.mixed_precision)
     strategy = get_strategy(tcfg)
     worker, num_workers = _worker(strategy)
+    per_replica_batch_size(tcfg, strategy.num_replicas_in_sync)  # a batch that does not divide: ConfigError
+    # The chief owns model_dir; the other workers write only their own scratch folders in it.
+    lock = run_dir.RunLock(model_dir) if worker == 0 else contextlib.nullcontext()
+    with lock:
+        return _train_locked(cfg, model_dir, allow_config_change, stop, strategy, worker, num_workers)
+
+
+def _train_locked(cfg, model_dir, allow_config_change, stop, strategy, worker, num_workers) -> Dict:
+    tcfg = cfg.train
     is_chief = worker == 0
     num_replicas = strategy.num_replicas_in_sync
     local_replicas = num_replicas // num_workers
     replica_batch = per_replica_batch_size(tcfg, num_replicas)
     if is_chief:
-        from scratchdet_tf import config_flags  # writes config.json + flags.cfg
-
-        config_flags.write_run_files(cfg, model_dir)
+        run_dir.check_config(model_dir, cfg, allow_config_change)
     logging.info("%d replica(s) on %d worker(s): global batch %d = %d per replica x %d replicas x %d accumulation",
                  num_replicas, num_workers, tcfg.batch_size, replica_batch, num_replicas, tcfg.grad_accum_steps)
 
@@ -150,9 +252,8 @@ def train(cfg: config_lib.Config, model_dir: str) -> Dict:
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, iterator=iterator)
     write_dir = model_dir if is_chief else os.path.join(model_dir, f".worker{worker}")
     manager = tf.train.CheckpointManager(checkpoint, write_dir, max_to_keep=tcfg.keep_checkpoints)
-    latest = tf.train.latest_checkpoint(model_dir)
+    latest = _restore_newest_readable(checkpoint, model_dir)
     if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
         logging.info("resumed from %s at step %d", latest, int(step.numpy()))
     elif tcfg.init_checkpoint:
         # Weights only; an 81-class COCO model maps onto 21 VOC classes (SPEC §7).
@@ -225,6 +326,10 @@ def train(cfg: config_lib.Config, model_dir: str) -> Dict:
 
         strategy.run(apply, args=(grads,))
 
+    if is_chief:  # config, data and checkpoint are read: now the run folder may be written
+        from scratchdet_tf import config_flags  # writes config.json + flags.cfg
+
+        config_flags.write_run_files(cfg, model_dir)
     previous = os.path.join(model_dir, "train_result.json")
     if int(step.numpy()) >= tcfg.max_steps and os.path.isfile(previous):
         with open(previous) as f:  # nothing left to train: report the run that finished it
@@ -295,8 +400,8 @@ def train(cfg: config_lib.Config, model_dir: str) -> Dict:
                     tf.summary.scalar("skipped_steps", skipped)
                 writer.flush()
             t_log, images_since_log = now, 0
-        if current % tcfg.checkpoint_every_steps == 0 or current == tcfg.max_steps:
-            manager.save(checkpoint_number=current)
+        if current % tcfg.checkpoint_every_steps == 0 or current == tcfg.max_steps or stop.signum:
+            _save(manager, current)
         if current == start_step + 1:
             t_warm = time.time()  # throughput excludes the first step (tracing, graph build)
         if tcfg.eval_every_steps and current % tcfg.eval_every_steps == 0 and is_chief:
@@ -306,6 +411,11 @@ def train(cfg: config_lib.Config, model_dir: str) -> Dict:
             logging.info("step %d eval: %s", current, headline)
             curves.append(current, t_eval - t_start - eval_time, eval=headline)
             eval_time += time.time() - t_eval
+        if stop.signum:
+            status = "interrupted"
+            logging.warning("%s: saved %s at step %d; rerun the same command to resume",
+                            signal.Signals(stop.signum).name, manager.latest_checkpoint, current)
+            break
     train_seconds = time.time() - t_start - eval_time
     timed_steps = int(step.numpy()) - start_step - 1
     images_per_sec = None
@@ -321,6 +431,8 @@ def train(cfg: config_lib.Config, model_dir: str) -> Dict:
               "steps_this_run": int(step.numpy()) - start_step, "skipped_steps": skipped,
               "train_seconds": round(train_seconds, 2), "images_per_sec": images_per_sec,
               "worker": worker, "weights_l1": weights_digest}
+    if stop.signum:
+        result["signal"] = signal.Signals(stop.signum).name
     if is_chief:
         with open(os.path.join(model_dir, "train_result.json"), "w") as f:
             json.dump(result, f)

@@ -2,22 +2,28 @@
 
     python tools/train.py --flagfile=configs/scratchdet300_r34_voc07.cfg --model_dir=runs/r34_voc07
 
-Resumes from the newest checkpoint in --model_dir. Last line: one JSON object
-{"step": ..., "loss": ..., "status": "finished" | "diverged", ...}; exit status 1 when diverged.
+Resumes from the newest readable checkpoint in --model_dir (one trainer per folder: a second launch
+exits 1 naming the owner). SIGTERM / SIGINT: the current step ends, a checkpoint is saved at it, exit
+status 128 + the signal number; rerun the same command to resume. Last line: one JSON object
+{"step": ..., "loss": ..., "status": "finished" | "diverged" | "interrupted", ...}; exit status 1 when
+diverged or on a user error (one line, FATAL ...).
 """
 
 import json
+import signal
 import sys
 
 import _bootstrap  # noqa: F401  (sys.path for a source checkout)
 
 from absl import app, flags, logging
 
-from scratchdet_tf import config, config_flags, train_lib
+from scratchdet_tf import config, config_flags, run_dir, train_lib
 
 FLAGS = flags.FLAGS
 config_flags.define_flags(FLAGS)
 flags.DEFINE_string("model_dir", None, "Where checkpoints, logs, config.json and flags.cfg go.", required=True)
+flags.DEFINE_bool("allow_config_change", False, "Continue a run in --model_dir with a configuration that changes "
+                  "what it computes (anything but its length, logging, saving, evaluation and export settings).")
 
 
 def main(argv):
@@ -25,13 +31,15 @@ def main(argv):
     cfg = config_flags.config_or_exit(FLAGS)
     logging.set_verbosity(logging.INFO)
     try:
-        result = train_lib.train(cfg, FLAGS.model_dir)
-    except (config.ConfigError, FileNotFoundError) as e:  # bad config combination or data: one clear line
+        result = train_lib.train(cfg, FLAGS.model_dir, allow_config_change=FLAGS.allow_config_change)
+    except (config.ConfigError, FileNotFoundError, run_dir.RunDirError) as e:  # user errors: one clear line
         sys.stderr.write(f"FATAL {type(e).__name__}: {e}\n")
         sys.exit(1)
     if result["status"] == "diverged":
         print(f"diverged at step {result['step']}", file=sys.stderr)
     print(json.dumps(result))
+    if result["status"] == "interrupted":  # the shell's convention for a process ended by a signal
+        sys.exit(128 + getattr(signal, result["signal"]))
     if result["status"] != "finished":
         sys.exit(1)
 

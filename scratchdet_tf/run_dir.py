@@ -1,0 +1,152 @@
+"""A training run's folder: one live owner, the checkpoint to resume from, the config it was made with.
+
+- ``RunLock``: an exclusive ``flock`` on ``model_dir/.lock``. The kernel drops it when the owner
+  dies in any way (crash, SIGKILL, lost session), so a dead trainer never leaves it stuck; a second
+  live trainer gets ``RunDirError`` naming the owner's pid, host and start time.
+- ``resume_candidates``: the complete checkpoints of the folder, newest first, found from the
+  files themselves (``ckpt-N.index`` plus every data shard it names), so a deleted or stale
+  ``checkpoint`` index file never makes a rerun start over on top of them.
+- ``check_config``: a relaunch may change how long and how often the run trains, evaluates and
+  saves, but not what it computes, unless the caller allows it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import glob
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from typing import Dict, List
+
+from scratchdet_tf import config as config_lib
+
+LOCK_FILE = ".lock"
+CONFIG_FILE = "config.json"
+# Settings a resumed run may change without asking: the schedule's length, logging and saving cadence,
+# evaluation and export settings. Everything else changes what the run computes.
+RESUMABLE_CHANGES = frozenset({
+    "train.max_steps", "train.checkpoint_every_steps", "train.eval_every_steps", "train.log_every_steps",
+    "train.keep_checkpoints", "train.max_bad_steps",
+})
+RESUMABLE_SECTIONS = ("eval", "export")
+_CKPT = re.compile(r"^ckpt-(\d+)\.index$")
+
+
+class RunDirError(OSError):
+    """The run folder cannot be used as asked (owned by another trainer, unreadable, ambiguous).
+
+    An ``OSError``, so tools that report file problems in one line report these the same way.
+    """
+
+
+class RunLock:
+    """Context manager holding the exclusive lock of ``model_dir`` (created if needed)."""
+
+    def __init__(self, model_dir: str):
+        self.model_dir = model_dir
+        self.path = os.path.join(model_dir, LOCK_FILE)
+        self._file = None
+        self._created = False
+
+    def __enter__(self) -> RunLock:
+        if os.path.exists(self.model_dir) and not os.path.isdir(self.model_dir):
+            raise RunDirError(f"--model_dir {self.model_dir!r} exists and is not a folder")
+        try:
+            self._created = not os.path.isdir(self.model_dir)
+            os.makedirs(self.model_dir, exist_ok=True)
+            handle = open(self.path, "a+")
+        except OSError as err:
+            raise RunDirError(f"cannot use --model_dir {self.model_dir!r}: {err.strerror or err}") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            handle.close()
+            raise RunDirError(f"{self.model_dir!r} is in use by another trainer ({owner}); wait for it to end or "
+                              "use another --model_dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime())}\n")
+        handle.flush()
+        self._file = handle
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.seek(0)
+            self._file.truncate()
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+            if self._created and os.listdir(self.model_dir) == [LOCK_FILE]:  # a new run that wrote nothing
+                shutil.rmtree(self.model_dir, ignore_errors=True)
+
+
+def _shards_present(prefix: str) -> bool:
+    """Whether every data shard ``prefix.data-XXXXX-of-NNNNN`` of a checkpoint exists."""
+    shards = glob.glob(glob.escape(prefix) + ".data-*-of-*")
+    if not shards:
+        return False
+    total = int(shards[0].rsplit("-of-", 1)[1])
+    return len(shards) == total
+
+
+def resume_candidates(model_dir: str) -> List[str]:
+    """Checkpoint prefixes in ``model_dir`` with an index and all data shards, newest step first."""
+    if not os.path.isdir(model_dir):
+        return []
+    found = []
+    for name in os.listdir(model_dir):
+        match = _CKPT.match(name)
+        prefix = os.path.join(model_dir, name[: -len(".index")])
+        if match and os.path.isfile(os.path.join(model_dir, name)) and _shards_present(prefix):
+            found.append((int(match.group(1)), prefix))
+    return [prefix for _, prefix in sorted(found, reverse=True)]
+
+
+def remove_partial_save(prefix: str) -> None:
+    """Removes what an interrupted save of ``prefix`` left (TF writes ``<prefix>_temp/`` first)."""
+    for leftover in glob.glob(glob.escape(prefix) + "_temp*"):
+        shutil.rmtree(leftover, ignore_errors=True) if os.path.isdir(leftover) else os.remove(leftover)
+
+
+def config_differences(old: Dict, new: Dict) -> List[str]:
+    """``section.name: old -> new`` for every setting that differs between two ``config.to_dict`` trees."""
+    out = []
+    for section in sorted(set(old) | set(new)):
+        a, b = old.get(section, {}), new.get(section, {})
+        for name in sorted(set(a) | set(b)):
+            if a.get(name) != b.get(name):
+                out.append(f"{section}.{name}: {a.get(name)!r} -> {b.get(name)!r}")
+    return out
+
+
+def check_config(model_dir: str, cfg: config_lib.Config, allow_change: bool = False) -> None:
+    """Refuses a relaunch that would replace ``model_dir/config.json`` by a different computation.
+
+    Raises:
+      config.ConfigError: naming the changed settings, unless ``allow_change`` (or only the
+        ``RESUMABLE_CHANGES`` / eval / export settings changed, or there is no config yet).
+      RunDirError: the existing ``config.json`` is unreadable.
+    """
+    path = os.path.join(model_dir, CONFIG_FILE)
+    if allow_change or not os.path.isfile(path):
+        return
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, ValueError) as err:
+        raise RunDirError(f"{path} is unreadable ({err}); fix or remove it, or use another --model_dir") from None
+    new = json.loads(json.dumps(config_lib.to_dict(cfg)))  # tuples as the file has them: lists
+    changed = [d for d in config_differences(old, new)
+               if d.split(":")[0] not in RESUMABLE_CHANGES and d.split(".")[0] not in RESUMABLE_SECTIONS]
+    if changed:
+        raise config_lib.ConfigError(
+            f"{model_dir!r} holds a run with another configuration ({'; '.join(changed)}); use another --model_dir, "
+            "or pass --allow_config_change to continue it with the new one")
