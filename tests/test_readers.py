@@ -261,3 +261,64 @@ def test_tfds_coco_mock_excludes_crowd_for_training_only():
     np.testing.assert_array_equal(train["labels"], [0])
     np.testing.assert_array_equal(evaluation["labels"], [0, 79])
     np.testing.assert_array_equal(evaluation["difficult"], [False, True])
+
+
+# --- hostile records and files ---
+
+
+def test_coco_records_of_the_wrong_type_are_skipped_and_named(tmp_path):
+    path, image_dir = write_coco(tmp_path, [(1, "x.jpg", 20, 40), (2, "y.jpg", 20, 40)],
+                                 [(1, 3, [1, 1, 5, 5], 0), (2, 7, [1, 1, 5, 5], 0)])
+    data = json.load(open(path))
+    data["annotations"][0]["category_id"] = [3]  # a list: unhashable
+    data["images"].append({"file_name": "y.jpg"})  # no id
+    data["annotations"].append("not a record")
+    json.dump(data, open(path, "w"))
+    records = annotations.read_coco(path, image_dir, training=True)
+    assert records.image_ids == ["1", "2"] and [len(b) for b in records.boxes] == [0, 1]
+    kinds = records.problems.files
+    assert kinds["unknown category [3], box skipped"] == [os.path.join(image_dir, "x.jpg")]
+    assert kinds["image record without a valid 'id', skipped"] == [f"{path} (images[2], 'y.jpg')"]
+    assert kinds["annotation of an unknown image, skipped"] == [f"{path} (annotation #2)"]
+
+
+def test_coco_duplicate_image_ids_are_an_error_naming_them(tmp_path):
+    path, image_dir = write_coco(tmp_path, [(5, "a.jpg", 20, 40), (5, "b.jpg", 20, 40)], [(5, 3, [1, 1, 5, 5], 0)])
+    with pytest.raises(ValueError, match=r"instances.json: 1 image id\(s\) used by more than one image \(id 5: a.jpg, "
+                                         r"b.jpg\); ids must be unique"):
+        readers.read(f"coco:{path}:{image_dir}", training=True)
+
+
+def test_training_on_a_source_without_any_object_is_an_error(tmp_path):
+    from scratchdet_tf import anchors as anchors_lib
+    from scratchdet_tf import config
+    from scratchdet_tf.data import pipeline
+
+    path, image_dir = write_coco(tmp_path, [(1, "x.jpg", 20, 40)], [])
+    uri = f"coco:{path}:{image_dir}"
+    assert readers.read(uri, training=True)[1].num_boxes == 0
+    data = config.DataConfig(train_source=uri, val_source=uri)
+    priors = anchors_lib.anchors_from_config(config.AnchorConfig(), 300,
+                                             [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)])
+    with pytest.raises(ValueError, match="no object is annotated in any of its 1 usable images; nothing to train on"):
+        pipeline.make_dataset(data, priors, training=True, image_size=300, batch_size=1)
+    ds, _ = readers.read(uri, training=False)  # evaluating a test set without ground truth is fine
+    assert len(as_list(ds)) == 1
+
+
+def test_non_regular_image_files_are_skipped_not_read(tmp_path):
+    path, image_dir = write_coco(tmp_path / "coco", [(1, "x.jpg", 20, 40), (2, "fifo.jpg", 20, 40)],
+                                 [(1, 3, [1, 1, 5, 5], 0), (2, 3, [1, 1, 5, 5], 0)])
+    os.remove(os.path.join(image_dir, "fifo.jpg"))
+    os.mkfifo(os.path.join(image_dir, "fifo.jpg"))  # reading it would block forever
+    records = annotations.read_coco(path, image_dir, training=True)
+    assert records.image_ids == ["1"]
+    assert records.problems.files["not a regular file, skipped"] == [os.path.join(image_dir, "fifo.jpg")]
+    root = write_voc(tmp_path / "voc", {"a": voc_xml(dict(name="dog", difficult=0, x0=1, y0=1, x1=9, y1=9)),
+                                        "b": voc_xml(dict(name="dog", difficult=0, x0=1, y0=1, x1=9, y1=9))})
+    os.remove(os.path.join(root, "JPEGImages", "b.jpg"))
+    os.mkfifo(os.path.join(root, "JPEGImages", "b.jpg"))
+    start = time.time()
+    ds, info = readers.read(f"voc:{root}:trainval", training=True)
+    assert [e["image_id"] for e in as_list(ds)] == [b"a"] and time.time() - start < 60
+    assert "not a regular file, skipped" in info.problems

@@ -171,6 +171,9 @@ def read_voc(devkit_dir: str, image_set: str, class_names: Sequence[str]) -> Rec
         if f"{image_id}.jpg" not in present:
             records.problems.add("missing image, skipped", jpeg_path)
             continue
+        if not os.path.isfile(jpeg_path):  # a FIFO, socket or device would block or never end
+            records.problems.add("not a regular file, skipped", jpeg_path)
+            continue
         if not os.path.isfile(xml_path):
             records.problems.add("missing annotation file, image skipped", xml_path)
             continue
@@ -233,23 +236,30 @@ def read_coco(json_path: str, image_dir: str, training: bool) -> Records:
         raise ValueError(f"{json_path}: not a COCO instances file ({type(err).__name__}: {err})") from err
     if not categories:
         raise ValueError(f"{json_path}: no categories")
+    if not isinstance(images, list) or not isinstance(data.get("annotations", []), list):
+        raise ValueError(f"{json_path}: not a COCO instances file ('images' and 'annotations' must be lists)")
     label_of = {int(c["id"]): i for i, c in enumerate(categories)}
     records = Records(class_names=tuple(str(c["name"]) for c in categories),
                       category_ids=tuple(int(c["id"]) for c in categories))
+    images = _valid_images(images, json_path, records.problems)
     by_image = collections.defaultdict(list)
-    known_ids = {img.get("id") for img in images}
-    for ann in data.get("annotations", []):
-        if ann.get("image_id") in known_ids:
-            by_image[ann["image_id"]].append(ann)
+    known_ids = {img["id"] for img in images}
+    for index, ann in enumerate(data.get("annotations", [])):
+        image_id = ann.get("image_id") if isinstance(ann, dict) else None
+        if _is_id(image_id) and image_id in known_ids:
+            by_image[image_id].append(ann)
         else:
-            records.problems.add("annotation of an unknown image, skipped",
-                                 f"{json_path} (annotation {ann.get('id')}, image {ann.get('image_id')})")
+            what = f"annotation {ann.get('id')}, image {image_id}" if isinstance(ann, dict) else f"annotation #{index}"
+            records.problems.add("annotation of an unknown image, skipped", f"{json_path} ({what})")
     present = set(os.listdir(image_dir))
     for img in images:
         file_name = str(img.get("file_name", ""))
         path = os.path.join(image_dir, file_name)
         if file_name not in present:
             records.problems.add("missing image, skipped", path)
+            continue
+        if not os.path.isfile(path):  # a FIFO, socket or device would block or never end
+            records.problems.add("not a regular file, skipped", path)
             continue
         size = known_size(img.get("height"), img.get("width"), path)
         if size is None:
@@ -261,8 +271,8 @@ def read_coco(json_path: str, image_dir: str, training: bool) -> Records:
             crowd = bool(ann.get("iscrowd", 0))
             if crowd and training:
                 continue
-            if ann.get("category_id") not in label_of:
-                records.problems.add(f"unknown category {ann.get('category_id')}, box skipped", path)
+            if not _is_id(ann.get("category_id")) or ann.get("category_id") not in label_of:
+                records.problems.add(f"unknown category {ann.get('category_id')!r}, box skipped", path)
                 continue
             try:
                 x, y, w, h = (float(v) for v in ann["bbox"])
@@ -277,6 +287,34 @@ def read_coco(json_path: str, image_dir: str, training: bool) -> Records:
             difficult.append(crowd)
         records.append(path, str(img["id"]), boxes, labels, difficult)
     return records
+
+
+def _is_id(value) -> bool:
+    """COCO ids are numbers or strings (a list or a dict is not one, and is not hashable)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _valid_images(images: list, json_path: str, problems: ProblemLog) -> list:
+    """The image records with a usable ``id``; records without one are skipped and logged.
+
+    Raises:
+      ValueError: naming the file and the ids that occur more than once (which image owns
+        their annotations is ambiguous).
+    """
+    valid, files_of = [], collections.defaultdict(list)
+    for index, img in enumerate(images):
+        if not isinstance(img, dict) or not _is_id(img.get("id")):
+            name = img.get("file_name") if isinstance(img, dict) else None
+            problems.add("image record without a valid 'id', skipped", f"{json_path} (images[{index}], {name!r})")
+            continue
+        valid.append(img)
+        files_of[img["id"]].append(str(img.get("file_name", "")))
+    duplicates = {k: v for k, v in files_of.items() if len(v) > 1}
+    if duplicates:
+        shown = "; ".join(f"id {k!r}: {', '.join(v)}" for k, v in list(duplicates.items())[:5])
+        raise ValueError(f"{json_path}: {len(duplicates)} image id(s) used by more than one image ({shown}); "
+                         "ids must be unique")
+    return valid
 
 
 def coco_class_names(json_path: str) -> Tuple[Tuple[str, ...], Tuple[int, ...]]:

@@ -82,11 +82,16 @@ def make_dataset(data_cfg, anchors, *, training: bool, image_size: int, batch_si
       ``tf.data.Dataset`` of batched dicts.
 
     Raises:
-      ValueError: if ``data_cfg.class_names`` differs from the source's classes.
+      ValueError: if ``data_cfg.class_names`` differs from the source's classes, or a training source
+        has no annotated object at all.
     """
     source = data_cfg.train_source if training else data_cfg.val_source
     ds, info = readers.read(source, tfds_data_dir=data_cfg.tfds_data_dir, training=training, decode=False,
                             input_context=input_context, seed=seed)
+    if training and info.num_boxes == 0:  # every loss term would be 0: a run that "finishes" having learned nothing
+        problems = f" ({info.problems})" if info.problems else ""
+        raise ValueError(f"{source}: no object is annotated in any of its {info.num_examples} usable images{problems}; "
+                         "nothing to train on")
     if data_cfg.class_names and tuple(data_cfg.class_names) != info.class_names:
         raise ValueError(f"--data.class_names={','.join(data_cfg.class_names)} but {source!r} has classes "
                          f"{','.join(info.class_names)}")
@@ -100,7 +105,10 @@ def make_dataset(data_cfg, anchors, *, training: bool, image_size: int, batch_si
     ds = images.mark_epoch_end(ds)
     if training:
         ds = ds.repeat()
-    ds = ds.map(lambda raw, is_end: (images.load_bytes(raw), is_end), num_parallel_calls=tf.data.AUTOTUNE)
+    # Order-preserving (deterministic=True whatever the pipeline's option): the per-epoch report counts
+    # on every image of an epoch reaching report_and_skip before that epoch's end marker.
+    ds = ds.map(lambda raw, is_end: (images.load_bytes(raw), is_end), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
     ds = images.report_and_skip(ds, source, info.problems, info.num_problems)
 
     anchors = tf.constant(np.asarray(anchors, np.float32))

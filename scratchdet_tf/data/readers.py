@@ -51,6 +51,7 @@ class SourceInfo:
       num_examples: images in the dataset (this shard), -1 if unknown.
       problems: one-line summary of annotation problems found at load time ("" if none).
       num_problems: their count.
+      num_boxes: objects annotated in the whole source (all shards), -1 if unknown (TFDS parts).
     """
 
     class_names: Tuple[str, ...]
@@ -58,6 +59,7 @@ class SourceInfo:
     num_examples: int = -1
     problems: str = ""
     num_problems: int = 0
+    num_boxes: int = -1
 
     @property
     def num_classes(self) -> int:
@@ -199,7 +201,8 @@ def read(source: str, *, tfds_data_dir: str = "", training: bool = True, decode:
             ds = ds.concatenate(other)
     info = SourceInfo(class_names=tuple(first_names), category_ids=tuple(category_ids),
                       num_examples=sum(sizes) if all(n >= 0 for n in sizes) else -1,
-                      problems=problems.summary(), num_problems=problems.count)
+                      problems=problems.summary(), num_problems=problems.count,
+                      num_boxes=-1 if tfds_sets else sum(len(b) for b in merged.boxes))
     if decode:
         ds = images.mark_epoch_end(ds.map(images.load_bytes, num_parallel_calls=tf.data.AUTOTUNE))
         ds = images.report_and_skip(ds, source, info.problems, info.num_problems)
