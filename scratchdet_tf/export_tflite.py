@@ -22,6 +22,9 @@ NMS is wrong when run multi-threaded (see ``export_tflite``), which a deployed m
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 from typing import Callable, Dict, Iterable, Iterator, Sequence
 
@@ -161,9 +164,18 @@ def export_tflite(model: keras.Model, anchors: np.ndarray, cfg: config_lib.Confi
         class index T when run with T threads, 1 < T < C (tensorflow/tensorflow#56058, still in LiteRT
         2.3.0); ``tflite_predict_fn`` then runs single-threaded, other runtimes must do the same.
 
+    Each mode is converted in a child process (``convert_isolated``): a mode that fails or crashes is
+    logged, recorded as ``tflite_failed`` in ``export_info.json`` and left out; the others are written.
+
     Returns:
-      {mode: {"file": name, "bytes": size}}.
+      {mode: {"file": name, "bytes": size}} of the modes written.
+
+    Raises:
+      ValueError: an unknown mode, or int8 without representative images.
     """
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise ValueError(f"unknown TFLite mode(s) {unknown}; allowed: {', '.join(MODES)}")
     size = cfg.model.image_size
     archive = keras.export.ExportArchive()
     # No archive.track(model): see export._write_archive.
@@ -175,20 +187,81 @@ def export_tflite(model: keras.Model, anchors: np.ndarray, cfg: config_lib.Confi
     class_names = info["class_names"]
     if len(class_names) != cfg.model.num_classes:
         raise ValueError(f"{len(class_names)} class names for a model with {cfg.model.num_classes} classes")
+    failed = {}
     with tempfile.TemporaryDirectory() as tmp:
-        archive.write_out(tmp, verbose=False)
+        saved = os.path.join(tmp, "saved_model")
+        archive.write_out(saved, verbose=False)
+        calibration = None
+        if "int8" in modes:
+            if representative_images is None:
+                raise ValueError("TFLite int8 needs representative images for calibration")
+            calibration = os.path.join(tmp, "calibration.npy")
+            np.save(calibration, np.stack(list(representative_images())))
         for mode in modes:
-            flatbuffer = tflite_metadata.add_metadata(
-                convert(tmp, mode, representative_images), class_names, name=model.name,
-                description=_description(cfg, mode, class_names), version=__version__)
             name = f"model_{mode}.tflite"
+            try:
+                converted = convert_isolated(saved, mode, calibration if mode == "int8" else None, tmp)
+            except ConversionError as err:
+                logging.error("%s", err)
+                failed[mode] = str(err)
+                continue
+            flatbuffer = tflite_metadata.add_metadata(converted, class_names, name=model.name,
+                                                      description=_description(cfg, mode, class_names),
+                                                      version=__version__)
             with open(os.path.join(export_dir, name), "wb") as f:
                 f.write(flatbuffer)
             written[mode] = {"file": name, "bytes": len(flatbuffer)}
+    if failed:
+        info["tflite_failed"] = failed
+    else:
+        info.pop("tflite_failed", None)
     info.setdefault("tflite", {}).update(written)
     info["tflite_nms"] = "regular" if use_regular_nms else "fast"  # recorded for readers of the info file
     export.write_info(export_dir, info)
     return written
+
+
+class ConversionError(RuntimeError):
+    """One TFLite conversion failed or crashed; the message says which and why."""
+
+
+# The command that converts one model (tests swap it to inject a crash).
+CONVERT_COMMAND = (sys.executable, "-m", "scratchdet_tf.tflite_convert")
+CONVERT_TIMEOUT_S = 3600
+
+
+def convert_isolated(saved_model_dir: str, mode: str, calibration_npy: str | None, work_dir: str) -> bytes:
+    """``convert`` in a child process (``scratchdet_tf.tflite_convert``): a crash there is an error here.
+
+    Args:
+      saved_model_dir: the TFLite-ready SavedModel.
+      mode: one of ``MODES``.
+      calibration_npy: for int8, uint8 [n, 1, S, S, 3] representative images saved with ``np.save``.
+      work_dir: where the child writes its output.
+
+    Raises:
+      ConversionError: naming the mode and the reason (the converter's error, or the signal that
+        ended the converter with the last line it printed).
+    """
+    out = os.path.join(work_dir, f"converted_{mode}.tflite")
+    command = [*CONVERT_COMMAND, saved_model_dir, mode, out] + ([calibration_npy] if calibration_npy else [])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=CONVERT_TIMEOUT_S, env=env)
+    except subprocess.TimeoutExpired:
+        raise ConversionError(f"TFLite {mode} conversion did not finish within {CONVERT_TIMEOUT_S} s") from None
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    last = (errors or lines or ["(no output)"])[-1].strip()
+    if proc.returncode < 0:
+        name = signal.Signals(-proc.returncode).name
+        raise ConversionError(f"TFLite {mode} conversion crashed ({name} in the TFLite converter; last message: "
+                              f"{last}); the other formats are unaffected")
+    if proc.returncode != 0 or not os.path.isfile(out):
+        raise ConversionError(f"TFLite {mode} conversion failed: {last}")
+    with open(out, "rb") as f:
+        return f.read()
 
 
 def _description(cfg: config_lib.Config, mode: str, class_names: Sequence[str]) -> str:

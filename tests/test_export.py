@@ -486,3 +486,24 @@ def test_benchmark_infer_mode_reports_speed_from_the_export_info(exported):
     assert 0.99e3 / (latency + 0.005) <= summary["images_per_sec"] <= 1.01e3 / max(latency - 0.005, 1e-6)
     macs = ssd.conv_macs(exported["model"])
     assert summary["gflops_per_sec"] == pytest.approx(2 * macs * summary["images_per_sec"] / 1e9, abs=0.1)
+
+
+def test_a_crashing_tflite_conversion_costs_only_its_own_file(exported, tmp_path, monkeypatch):
+    # The int8 quantizer has been seen to segfault on early checkpoints; the export must survive it.
+    crash_int8 = ("import os, runpy, signal, sys\n"
+                  "if sys.argv[2] == 'int8':\n"
+                  "    print('error: scale out of expressed type range', file=sys.stderr, flush=True)\n"
+                  "    os.kill(os.getpid(), signal.SIGSEGV)\n"
+                  "runpy.run_module('scratchdet_tf.tflite_convert', run_name='__main__')\n")
+    monkeypatch.setattr(export_tflite, "CONVERT_COMMAND", (sys.executable, "-c", crash_int8))
+    out = str(tmp_path / "export")
+    written = export_tflite.export_tflite(exported["model"], exported["anchors"], exported["cfg"], out,
+                                          ["fp32", "int8"], calibration())
+    assert set(written) == {"fp32"} and os.path.isfile(os.path.join(out, "model_fp32.tflite"))
+    assert not os.path.exists(os.path.join(out, "model_int8.tflite"))
+    failed = export.read_info(out)["tflite_failed"]
+    assert set(failed) == {"int8"}
+    assert "TFLite int8 conversion crashed (SIGSEGV in the TFLite converter; last message: error: scale out of " \
+           "expressed type range)" in failed["int8"]
+    with pytest.raises(ValueError, match="unknown TFLite mode"):
+        export_tflite.export_tflite(exported["model"], exported["anchors"], exported["cfg"], out, ["int4"])

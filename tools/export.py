@@ -7,7 +7,9 @@ Config comes from <model_dir>/config.json; dotted flags given on the command lin
 (e.g. --export.max_detections=50 --eval.score_threshold=0.05; --tflite is --export.tflite).
 int8 is calibrated on --export.num_calibration_images images of --calibration_source (a data URI,
 default: the run's data.val_source) or of the image folder --calibration_dir.
-Last line: {"export_dir": ..., "step": ..., "saved_model_bytes": ..., "tflite_bytes": {mode: n}}.
+Last line: {"export_dir": ..., "step": ..., "saved_model_bytes": ..., "tflite_bytes": {mode: n},
+"tflite_failed": [modes]}. Each TFLite mode converts in a process of its own: one that fails or crashes
+is reported on stderr, the SavedModel and the other modes are still written, and the exit status is 1.
 """
 
 import dataclasses
@@ -96,8 +98,14 @@ def main(argv):
             sys.exit(f"export.py: error: TFLite export failed: {err}")
         for mode, entry in written.items():
             print(f"TFLite {mode}: {os.path.join(FLAGS.export_dir, entry['file'])} ({entry['bytes'] / 1e6:.2f} MB)")
+    failed = export.read_info(FLAGS.export_dir).get("tflite_failed", {}) if cfg.export.tflite else {}
+    for reason in failed.values():
+        print(f"export.py: error: {reason}", file=sys.stderr)
     print(json.dumps({"export_dir": FLAGS.export_dir, "step": restored.step, "saved_model_bytes": saved_model_bytes,
-                      "tflite_bytes": {mode: entry["bytes"] for mode, entry in written.items()}}))
+                      "tflite_bytes": {mode: entry["bytes"] for mode, entry in written.items()},
+                      "tflite_failed": sorted(failed)}))
+    if failed:  # the SavedModel and the other files are written; the run still did not do all it was asked
+        sys.exit(1)
 
 
 if __name__ == "__main__":
