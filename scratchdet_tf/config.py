@@ -68,6 +68,9 @@ class DataConfig:
     shuffle_buffer: int = 1000
     deterministic: bool = False
     cache: bool = False
+    # Images whose header declares more pixels are skipped by the readers and rejected by the serving
+    # signatures before decoding (decompression bombs); = data.images.DEFAULT_MAX_PIXELS.
+    max_image_pixels: int = 50_000_000
 
     def __post_init__(self):
         _check(bool(self.train_source), "data.train_source", self.train_source, "must not be empty")
@@ -76,6 +79,7 @@ class DataConfig:
         _check(0 <= self.expand_prob <= 1, "data.expand_prob", self.expand_prob, "in [0, 1]")
         _check(self.max_expand_ratio >= 1, "data.max_expand_ratio", self.max_expand_ratio, "must be >= 1")
         _check(self.shuffle_buffer >= 0, "data.shuffle_buffer", self.shuffle_buffer, "must be >= 0")
+        _check(self.max_image_pixels > 0, "data.max_image_pixels", self.max_image_pixels, "must be > 0")
 
 
 @dataclasses.dataclass(frozen=True)

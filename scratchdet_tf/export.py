@@ -70,7 +70,8 @@ def preprocess(images, *, image_size: int, mean_rgb: Sequence[float]):
     return tf.ensure_shape(resized - tf.constant(mean_rgb, tf.float32), [None, image_size, image_size, 3])
 
 
-def decode_and_preprocess(image_bytes, *, image_size: int, mean_rgb: Sequence[float]):
+def decode_and_preprocess(image_bytes, *, image_size: int, mean_rgb: Sequence[float],
+                          max_pixels: int = images_lib.DEFAULT_MAX_PIXELS):
     """Decodes a batch of encoded images (each its own size) and preprocesses each one.
 
     Args:
@@ -78,6 +79,8 @@ def decode_and_preprocess(image_bytes, *, image_size: int, mean_rgb: Sequence[fl
         another format) fails an assert naming its batch index.
       image_size: S.
       mean_rgb: 3 floats.
+      max_pixels: an image whose header declares more pixels fails an assert naming its batch index
+        before anything is decoded (a small file can declare gigabytes of pixels).
 
     Returns:
       float32 [B, S, S, 3].
@@ -85,11 +88,16 @@ def decode_and_preprocess(image_bytes, *, image_size: int, mean_rgb: Sequence[fl
     image_bytes = tf.reshape(image_bytes, [-1])
     ok = tf.map_fn(images_lib.is_valid_image, image_bytes, fn_output_signature=tf.bool)
     bad = tf.cast(tf.where(tf.logical_not(ok))[:, 0], tf.int32)
+    pixels = tf.map_fn(images_lib.header_pixels, image_bytes, fn_output_signature=tf.int64)
+    too_big = tf.cast(tf.where(pixels > max_pixels)[:, 0], tf.int32)
     checks = [
         tf.debugging.Assert(tf.size(image_bytes) > 0, ["image_bytes is an empty batch"], name="check_batch"),
         tf.debugging.Assert(tf.reduce_all(ok), [
             "image_bytes must be complete JPEG, PNG, GIF or BMP files; not one at batch index:", bad],
             summarize=100, name="check_image_bytes"),
+        tf.debugging.Assert(tf.size(too_big) == 0, [
+            f"image_bytes: images may have at most {max_pixels} pixels; larger at batch index:", too_big,
+            "declaring pixels:", tf.gather(pixels, too_big)], summarize=100, name="check_image_pixels"),
     ]
 
     def one(data):
@@ -116,7 +124,8 @@ def to_serving_outputs(detections: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]
 
 def serving_functions(forward: Callable, anchors: np.ndarray, *, image_size: int, mean_rgb: Sequence[float],
                       score_threshold: float, pre_nms_top_k: int, nms_iou_threshold: float,
-                      max_detections: int, variances: Sequence[float]):
+                      max_detections: int, variances: Sequence[float],
+                      max_pixels: int = images_lib.DEFAULT_MAX_PIXELS):
     """The two serving functions (not yet traced).
 
     Args:
@@ -140,7 +149,7 @@ def serving_functions(forward: Callable, anchors: np.ndarray, *, image_size: int
         return run(preprocess(images, image_size=image_size, mean_rgb=mean_rgb))
 
     def from_bytes(image_bytes):
-        return run(decode_and_preprocess(image_bytes, image_size=image_size, mean_rgb=mean_rgb))
+        return run(decode_and_preprocess(image_bytes, image_size=image_size, mean_rgb=mean_rgb, max_pixels=max_pixels))
 
     return from_images, from_bytes
 
@@ -212,7 +221,7 @@ def export_saved_model(model: keras.Model, anchors: np.ndarray, cfg: config_lib.
         forward, anchors, image_size=cfg.model.image_size, mean_rgb=cfg.data.mean_rgb,
         score_threshold=cfg.eval.score_threshold, pre_nms_top_k=cfg.eval.pre_nms_top_k,
         nms_iou_threshold=cfg.eval.nms_iou_threshold, max_detections=cfg.export.max_detections,
-        variances=cfg.anchors.variances)
+        variances=cfg.anchors.variances, max_pixels=cfg.data.max_image_pixels)
 
     os.makedirs(export_dir, exist_ok=True)
     with tempfile.TemporaryDirectory() as staging:

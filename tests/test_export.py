@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -157,6 +158,17 @@ def tf_serving_rest_predict(signatures, body: str) -> str:
     outputs = signature(**{name: tf.constant(values, dtypes[name]) for name, values in columns.items()})
     batch = len(request["instances"])
     return json.dumps({"predictions": [{k: v.numpy()[i].tolist() for k, v in outputs.items()} for i in range(batch)]})
+
+
+def test_serving_bytes_rejects_a_decompression_bomb_fast_and_by_index(exported):
+    buffer = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buffer, "PNG")  # 400 MP declared in a ~50 KB file
+    good = png(images(1, seed=2)[0])
+    start = time.time()
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"at most 50000000 pixels; larger at batch index:\] "
+                                                             r"\[1\].*400000000"):
+        exported["bytes"](image_bytes=tf.constant([good, buffer.getvalue()]))
+    assert time.time() - start < 5
 
 
 def test_rest_b64_payload_through_serving_bytes(exported):

@@ -124,7 +124,7 @@ def test_bad_images_are_skipped_and_reported_every_epoch(shapes_dir, priors, tmp
         assert np.all(np.isfinite(batch["image"])) and np.all(np.isfinite(batch["box_targets"]))
     err = capfd.readouterr().err
     for epoch in (1, 2):
-        assert f"epoch {epoch}: skipped 2 unreadable/truncated images" in err
+        assert f"epoch {epoch}: skipped 2 unreadable, truncated or oversized images" in err
     assert "000002.jpg" in err and "000005.jpg" in err
 
 

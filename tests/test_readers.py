@@ -187,7 +187,7 @@ def test_undecodable_and_truncated_images_are_skipped_and_reported(tmp_path, cap
     ds, _ = readers.read(f"coco:{path}:{image_dir}")
     assert sorted(e["image_id"] for e in as_list(ds)) == [b"1", b"4"]
     err = capfd.readouterr().err
-    assert "skipped 2 unreadable/truncated images" in err and "text.jpg" in err and "cut.jpg" in err
+    assert "skipped 2 unreadable, truncated or oversized images" in err and "text.jpg" in err and "cut.jpg" in err
 
 
 def test_is_valid_image_accepts_complete_files_only_eagerly_and_in_map():
@@ -322,3 +322,48 @@ def test_non_regular_image_files_are_skipped_not_read(tmp_path):
     ds, info = readers.read(f"voc:{root}:trainval", training=True)
     assert [e["image_id"] for e in as_list(ds)] == [b"a"] and time.time() - start < 60
     assert "not a regular file, skipped" in info.problems
+
+
+def _encoded(fmt, height, width, mode="RGB", **kwargs):
+    import io
+
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height)).save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt,kwargs", [("JPEG", {}), ("JPEG", {"progressive": True}),
+                                        ("JPEG", {"exif": b"Exif\x00\x00" + b"\x00" * 600}), ("PNG", {}),
+                                        ("GIF", {}), ("BMP", {})])
+def test_header_pixels_read_the_declared_size_without_decoding(fmt, kwargs):
+    for height, width in ((37, 61), (300, 5)):
+        data = _encoded(fmt, height, width, **kwargs)
+        assert int(images.header_pixels(tf.constant(data))) == height * width
+    assert int(tf.function(images.header_pixels)(tf.constant(_encoded(fmt, 3, 4, **kwargs)))) == 12
+
+
+def test_header_pixels_of_a_top_down_bmp_and_of_garbage():
+    data = bytearray(_encoded("BMP", 7, 9))
+    data[22:26] = (-7).to_bytes(4, "little", signed=True)  # height < 0: rows stored top-down
+    assert int(images.header_pixels(tf.constant(bytes(data)))) == 63
+    for junk in (b"", b"xx", b"\xff\xd8\xff garbage", b"\x89PNG\r\n\x1a\n"):
+        assert int(images.header_pixels(tf.constant(junk))) == -1
+
+
+def test_decompression_bomb_is_skipped_before_decoding(tmp_path, capfd):
+    path, image_dir = write_coco(tmp_path, [(1, "good.jpg", 20, 40), (2, "bomb.png", 20, 40)], [])
+    with open(os.path.join(image_dir, "bomb.png"), "wb") as f:  # 400 MP declared in a ~50 KB file
+        f.write(_encoded("PNG", 20000, 20000, mode="1"))
+    start = time.time()
+    ds, _ = readers.read(f"coco:{path}:{image_dir}")
+    assert [e["image_id"] for e in as_list(ds)] == [b"1"] and time.time() - start < 30
+    err = capfd.readouterr().err
+    assert "skipped 1 unreadable, truncated or oversized images (" in err and "bomb.png" in err
+    ds, _ = readers.read(f"coco:{path}:{image_dir}", max_image_pixels=799)  # the 20 x 40 one is too big now
+    assert as_list(ds) == []
+
+
+def test_pixel_limit_defaults_agree():
+    from scratchdet_tf import config
+
+    assert config.DataConfig().max_image_pixels == images.DEFAULT_MAX_PIXELS

@@ -6,7 +6,8 @@ Raw elements (what ``readers`` build before decoding) are dicts
 
 Bad images are handled in two layers, so that nothing crashes inside TensorFlow:
 1. ``is_valid_image`` rejects bytes that are empty, of an unknown format, or truncated
-   (a JPEG without its end-of-image marker, a PNG without its IEND chunk) before decoding.
+   (a JPEG without its end-of-image marker, a PNG without its IEND chunk) before decoding, and
+   ``within_pixel_limit`` those whose header declares more than ``max_pixels`` pixels.
    ``report_and_skip`` drops those elements, counts them with their file names and prints
    one report per epoch (plus the count of annotation problems found at load time).
 2. Anything that still fails to decode (a corrupt JPEG body) is skipped by
@@ -56,6 +57,76 @@ def is_valid_image(data):
                    lambda: tf.cond(png, lambda: _tail_has(data, b"IEND"), lambda: other))
 
 
+# Decoded images larger than this are refused before decoding (a 1.2 MB PNG can declare 20000 x 20000
+# pixels: 1.2 GB as uint8 RGB, several GB once resized in float). 50 MP is 8,660 x 5,773.
+DEFAULT_MAX_PIXELS = 50_000_000
+_JPEG_SOF = (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
+
+
+def _be16(b, i):
+    return tf.cast(b[i], tf.int64) * 256 + tf.cast(b[i + 1], tf.int64)
+
+
+def _le(b, i, n):
+    return tf.add_n([tf.cast(b[i + k], tf.int64) * (256 ** k) for k in range(n)])
+
+
+def _bmp_height(value):
+    """A BMP's int32 height (negative: stored top-down) from its unsigned reading, as a positive count."""
+    return tf.where(value >= 2 ** 31, 2 ** 32 - value, value)
+
+
+def _jpeg_size(b):
+    """(height, width) from the first SOF segment, walking the segment lengths; (-1, -1) if none is found."""
+    n = tf.size(b, out_type=tf.int64)
+    sof = tf.constant(_JPEG_SOF, tf.int64)
+
+    def cond(pos, height, width):
+        return (pos + 9 <= n) & (height < 0)
+
+    def body(pos, height, width):
+        marker = tf.cast(b[pos + 1], tf.int64)
+        is_sof = (tf.cast(b[pos], tf.int64) == 0xFF) & tf.reduce_any(tf.equal(sof, marker))
+        if_sof = (pos, _be16(b, pos + 5), _be16(b, pos + 7))
+        standalone = (marker == 0x01) | ((marker >= 0xD0) & (marker <= 0xD8)) | (marker == 0xFF)
+        step = tf.where(tf.cast(b[pos], tf.int64) != 0xFF, n,  # lost sync: stop
+                        tf.where(standalone, 1 + tf.cast(marker != 0xFF, tf.int64), 2 + _be16(b, pos + 2)))
+        return tf.cond(is_sof, lambda: if_sof, lambda: (pos + step, height, width))
+
+    minus = tf.constant(-1, tf.int64)
+    _, height, width = tf.while_loop(cond, body, (tf.constant(2, tf.int64), minus, minus))
+    return height, width
+
+
+def header_pixels(data):
+    """int64 []: height x width that a JPEG, PNG, GIF or BMP header declares, read without decoding;
+    -1 if the header is too short or of another format (decoding then fails on its own)."""
+    head = tf.io.decode_raw(tf.strings.substr(data, 0, 32), tf.uint8)
+    full = tf.size(head) >= 26
+    png = tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n")
+    gif = tf.equal(tf.strings.substr(data, 0, 3), b"GIF")
+    bmp = tf.equal(tf.strings.substr(data, 0, 2), b"BM")
+    minus = tf.constant(-1, tf.int64)
+
+    def from_header():
+        return tf.case([
+            (png, lambda: (_be16(head, 18) + _be16(head, 16) * 65536) * (_be16(head, 22) + _be16(head, 20) * 65536)),
+            (gif, lambda: _le(head, 6, 2) * _le(head, 8, 2)),
+            (bmp, lambda: _le(head, 18, 4) * _bmp_height(_le(head, 22, 4))),
+        ], default=lambda: minus)
+
+    def from_jpeg():
+        height, width = _jpeg_size(tf.io.decode_raw(data, tf.uint8))
+        return tf.where(height < 0, minus, height * width)
+
+    return tf.cond(augment.is_jpeg(data), from_jpeg, lambda: tf.cond(full, from_header, lambda: minus))
+
+
+def within_pixel_limit(data, max_pixels: int):
+    """bool []: the header declares at most ``max_pixels`` pixels (or cannot be read: decoding decides)."""
+    return header_pixels(data) <= max_pixels
+
+
 def decode(data):
     """uint8 [H, W, 3] RGB from encoded bytes (grey and RGBA become RGB; a GIF gives its first frame)."""
     image = tf.cond(augment.is_jpeg(data), lambda: tf.io.decode_jpeg(data, channels=3),
@@ -80,7 +151,8 @@ def mark_epoch_end(ds):
     return ds.map(lambda raw: (raw, False)).concatenate(end)
 
 
-def report_and_skip(ds, source: str, load_problems: str = "", num_load_problems: int = 0):
+def report_and_skip(ds, source: str, load_problems: str = "", num_load_problems: int = 0,
+                    max_pixels: int = DEFAULT_MAX_PIXELS):
     """Checks loaded bytes, drops bad images and prints one report per epoch when anything was wrong.
 
     Args:
@@ -89,12 +161,14 @@ def report_and_skip(ds, source: str, load_problems: str = "", num_load_problems:
       source: the source URI, quoted in the report.
       load_problems: summary of the annotation problems found at load time.
       num_load_problems: their count (reported every epoch as a reminder).
+      max_pixels: images whose header declares more pixels are skipped undecoded.
 
     Returns:
       A dataset of valid raw elements.
     """
     def check(raw, is_end):
-        return raw, is_end, tf.logical_or(is_end, is_valid_image(raw["encoded"]))
+        usable = is_valid_image(raw["encoded"]) & within_pixel_limit(raw["encoded"], max_pixels)
+        return raw, is_end, tf.logical_or(is_end, usable)
 
     def step(state, element):
         epoch, num_bad, names, num_fixed = state
@@ -111,7 +185,7 @@ def report_and_skip(ds, source: str, load_problems: str = "", num_load_problems:
                                                                    " more"]), "")
             tf.print(tf.strings.join([
                 "scratchdet_tf.data: ", source, ": epoch ", tf.strings.as_string(epoch), ": skipped ",
-                tf.strings.as_string(num_bad), " unreadable/truncated images (",
+                tf.strings.as_string(num_bad), " unreadable, truncated or oversized images (",
                 tf.strings.reduce_join(names, separator=", "), more, "); repaired or dropped ",
                 tf.strings.as_string(num_fixed), " boxes of TFDS records; ", str(num_load_problems),
                 " annotation problems at load time", f": {load_problems}" if load_problems else ""]))

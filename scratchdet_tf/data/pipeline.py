@@ -109,7 +109,7 @@ def make_dataset(data_cfg, anchors, *, training: bool, image_size: int, batch_si
     # on every image of an epoch reaching report_and_skip before that epoch's end marker.
     ds = ds.map(lambda raw, is_end: (images.load_bytes(raw), is_end), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
-    ds = images.report_and_skip(ds, source, info.problems, info.num_problems)
+    ds = images.report_and_skip(ds, source, info.problems, info.num_problems, max_pixels=data_cfg.max_image_pixels)
 
     anchors = tf.constant(np.asarray(anchors, np.float32))
     worker = input_context.input_pipeline_id if input_context is not None else 0

@@ -135,7 +135,8 @@ def source_info(source: str, *, tfds_data_dir: str = "") -> SourceInfo:
 
 def read(source: str, *, tfds_data_dir: str = "", training: bool = True, decode: bool = True,
          input_context: tf.distribute.InputContext | None = None,
-         seed: int | None = None) -> Tuple[tf.data.Dataset, SourceInfo]:
+         seed: int | None = None, max_image_pixels: int = images.DEFAULT_MAX_PIXELS
+         ) -> Tuple[tf.data.Dataset, SourceInfo]:
     """Reads a source (one epoch, in file order unless TFDS shuffles its files).
 
     Args:
@@ -147,6 +148,8 @@ def read(source: str, *, tfds_data_dir: str = "", training: bool = True, decode:
         read (False; see ``images``) for a pipeline that shuffles before decoding.
       input_context: shard for this input pipeline (multi-worker).
       seed: TFDS file-shuffle seed and the seed of mixing joined sources.
+      max_image_pixels: with ``decode``, images whose header declares more pixels are skipped
+        (and reported) without being decoded.
 
     Returns:
       (dataset, ``SourceInfo``). With ``decode`` the dataset skips unreadable images and
@@ -205,7 +208,7 @@ def read(source: str, *, tfds_data_dir: str = "", training: bool = True, decode:
                       num_boxes=-1 if tfds_sets else sum(len(b) for b in merged.boxes))
     if decode:
         ds = images.mark_epoch_end(ds.map(images.load_bytes, num_parallel_calls=tf.data.AUTOTUNE))
-        ds = images.report_and_skip(ds, source, info.problems, info.num_problems)
+        ds = images.report_and_skip(ds, source, info.problems, info.num_problems, max_pixels=max_image_pixels)
         ds = ds.map(images.to_example, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
     return ds, info
 
