@@ -221,3 +221,19 @@ def test_second_launch_is_refused_and_sigterm_saves_the_current_step(shapes_dir,
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     final = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert final["step"] == stopped + 2 and final["steps_this_run"] == 2
+
+
+@pytest.mark.parametrize("source,message", [
+    ("foo:bar", "FATAL ValueError: data source 'foo:bar' (in 'foo:bar') must start with one of"),
+    ("tfds:nonexistent/1:train", "FATAL FileNotFoundError: TFDS dataset 'nonexistent/1': Dataset nonexistent not "
+                                 "found."),
+])
+def test_bad_data_source_is_one_line_and_leaves_no_folder(tmp_path, source, message):
+    model_dir = tmp_path / "run"
+    run = subprocess.run(_tool("unused", model_dir, f"--data.train_source={source}",
+                               f"--data.tfds_data_dir={tmp_path}"), cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1].startswith(message), run.stderr[-1500:]
+    assert "Traceback" not in run.stderr
+    assert not model_dir.exists()

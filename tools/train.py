@@ -17,7 +17,7 @@ import _bootstrap  # noqa: F401  (sys.path for a source checkout)
 
 from absl import app, flags, logging
 
-from scratchdet_tf import config, config_flags, run_dir, train_lib
+from scratchdet_tf import config_flags, train_lib
 
 FLAGS = flags.FLAGS
 config_flags.define_flags(FLAGS)
@@ -32,7 +32,7 @@ def main(argv):
     logging.set_verbosity(logging.INFO)
     try:
         result = train_lib.train(cfg, FLAGS.model_dir, allow_config_change=FLAGS.allow_config_change)
-    except (config.ConfigError, FileNotFoundError, run_dir.RunDirError) as e:  # user errors: one clear line
+    except (ValueError, OSError) as e:  # user errors (config, data, run folder; each names its culprit): one line
         sys.stderr.write(f"FATAL {type(e).__name__}: {e}\n")
         sys.exit(1)
     if result["status"] == "diverged":

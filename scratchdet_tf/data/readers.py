@@ -254,7 +254,11 @@ def _records_dataset(records: annotations.Records) -> tf.data.Dataset:
 def _tfds_builder(name: str, data_dir: str):
     import tensorflow_datasets as tfds  # only TFDS sources need it (and its slow import)
 
-    return tfds.builder(name, data_dir=data_dir or None)
+    try:
+        return tfds.builder(name, data_dir=data_dir or None)
+    except ValueError as err:  # DatasetNotFoundError (a ValueError) lists every TFDS dataset: keep one line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FileNotFoundError(f"TFDS dataset {name!r}: {first}") from None
 
 
 def _tfds_class_names(builder) -> Tuple[str, ...]:
@@ -272,9 +276,13 @@ def _read_tfds(name, split, data_dir, training, input_context, seed):
     builder = _tfds_builder(name, data_dir)
     names = _tfds_class_names(builder)
     coco = "is_crowd" in builder.info.features["objects"].keys()
-    ds = builder.as_dataset(
-        split=split, shuffle_files=training, decoders={"image": tfds.decode.SkipDecoding()},
-        read_config=tfds.ReadConfig(input_context=input_context, shuffle_seed=seed))
+    try:
+        ds = builder.as_dataset(
+            split=split, shuffle_files=training, decoders={"image": tfds.decode.SkipDecoding()},
+            read_config=tfds.ReadConfig(input_context=input_context, shuffle_seed=seed))
+    except AssertionError as err:  # TFDS's way of saying the data was never prepared
+        raise FileNotFoundError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r} "
+                                f"(--data.tfds_data_dir): {str(err).strip().splitlines()[0]}") from None
     try:
         num_examples = builder.info.splits[split].num_examples
         num_examples = _shard_size(num_examples, input_context)
