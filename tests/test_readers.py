@@ -367,3 +367,29 @@ def test_pixel_limit_defaults_agree():
     from scratchdet_tf import config
 
     assert config.DataConfig().max_image_pixels == images.DEFAULT_MAX_PIXELS
+
+
+def test_exif_orientation_is_ignored_alike_by_readers_serving_and_detect(tmp_path, monkeypatch):
+    # The convention (README, Data): pixels as stored, like COCO's and VOC's annotations; the same in
+    # training/evaluation (readers), serving (images.decode inside the SavedModel) and tools/detect.py.
+    import importlib.util
+
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :20] = (250, 10, 10)  # left half red: a 90-degree turn would move it
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    path, image_dir = write_coco(tmp_path, [(1, "turned.jpg", 20, 40)], [(1, 3, [1, 1, 5, 5], 0)])
+    Image.fromarray(pixels).save(os.path.join(image_dir, "turned.jpg"), exif=exif.tobytes(), quality=95)
+    with Image.open(os.path.join(image_dir, "turned.jpg")) as stored:
+        assert stored.getexif()[0x0112] == 6
+    from_reader = as_list(readers.read(f"coco:{path}:{image_dir}", training=False)[0])[0]["image"]
+    served = images.decode(tf.constant(open(os.path.join(image_dir, "turned.jpg"), "rb").read())).numpy()
+    tools = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+    monkeypatch.syspath_prepend(tools)  # the tool imports its sibling _bootstrap
+    spec = importlib.util.spec_from_file_location("detect_tool", os.path.join(tools, "detect.py"))
+    detect_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(detect_tool)
+    detected = detect_tool.read_image(os.path.join(image_dir, "turned.jpg"))
+    for got in (from_reader, served, detected):
+        assert got.shape == (20, 40, 3)
+        assert got[:, :20, 0].mean() > 200 and got[:, 20:, 0].mean() < 40  # red stays on the left
