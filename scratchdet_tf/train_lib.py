@@ -14,6 +14,7 @@ import functools
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import threading
@@ -143,8 +144,10 @@ def _save(manager: tf.train.CheckpointManager, step: int) -> str:
         return manager.save(checkpoint_number=step)
     except (OSError, tf.errors.OpError) as err:
         run_dir.remove_partial_save(prefix)
-        reason = getattr(err, "message", None) or getattr(err, "strerror", None) or str(err)
-        raise run_dir.RunDirError(f"could not save checkpoint {prefix}: {reason.strip().splitlines()[0]}; "
+        reason = getattr(err, "strerror", None) or getattr(err, "message", None) or str(err)
+        # TF's op errors read "{{function_node ...}} <temp file>; No space left on device [Op:SaveV2]".
+        reason = re.sub(r"\s*\[Op:\w+\]", "", reason.strip().splitlines()[0]).rstrip("; ").split("; ")[-1]
+        raise run_dir.RunDirError(f"could not save checkpoint {prefix}: {reason}; "
                                   "the earlier checkpoints are intact") from None
 
 
