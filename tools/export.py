@@ -79,7 +79,7 @@ def main(argv):
     try:
         cfg = _overridden_config(checkpoints.load_config(FLAGS.model_dir))
         restored = checkpoints.restore_model(FLAGS.model_dir, FLAGS.checkpoint, cfg)
-    except (FileNotFoundError, ValueError, config.ConfigError) as err:
+    except (OSError, ValueError) as err:  # missing or unreadable run, bad config: one line
         sys.exit(f"export.py: error: {err}")
     info = export.export_saved_model(restored.model, restored.anchors, cfg, FLAGS.export_dir,
                                      export.default_class_names(cfg),
