@@ -355,18 +355,25 @@ def test_decompression_bomb_is_skipped_before_decoding(tmp_path, capfd):
     with open(os.path.join(image_dir, "bomb.png"), "wb") as f:  # 400 MP declared in a ~50 KB file
         f.write(_encoded("PNG", 20000, 20000, mode="1"))
     start = time.time()
-    ds, _ = readers.read(f"coco:{path}:{image_dir}")
+    ds, info = readers.read(f"coco:{path}:{image_dir}")
     assert [e["image_id"] for e in as_list(ds)] == [b"1"] and time.time() - start < 30
-    err = capfd.readouterr().err
-    assert "skipped 1 unreadable, truncated or oversized images (" in err and "bomb.png" in err
+    bomb = os.path.join(image_dir, "bomb.png")
+    assert info.problems == f"1 x image declaring more than 50000000 pixels (--data.max_image_pixels), skipped ({bomb})"
     ds, _ = readers.read(f"coco:{path}:{image_dir}", max_image_pixels=799)  # the 20 x 40 one is too big now
     assert as_list(ds) == []
+    # TFDS records carry their bytes: those are checked in tf.data, before decoding.
+    raw = tf.data.Dataset.from_tensor_slices({
+        "file": ["a", "b"], "image_id": ["a", "b"], "num_fixed": [0, 0],
+        "encoded": [open(os.path.join(image_dir, "good.jpg"), "rb").read(), open(bomb, "rb").read()]})
+    kept = as_list(images.report_and_skip(images.mark_epoch_end(raw), "tfds:x"))
+    assert [e["image_id"] for e in kept] == [b"a"]
+    assert "skipped 1 unreadable, truncated or oversized images (b)" in capfd.readouterr().err
 
 
 def test_pixel_limit_defaults_agree():
     from scratchdet_tf import config
 
-    assert config.DataConfig().max_image_pixels == images.DEFAULT_MAX_PIXELS
+    assert config.DataConfig().max_image_pixels == images.DEFAULT_MAX_PIXELS == annotations.DEFAULT_MAX_PIXELS
 
 
 def test_exif_orientation_is_ignored_alike_by_readers_serving_and_detect(tmp_path, monkeypatch):

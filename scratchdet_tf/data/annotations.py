@@ -124,6 +124,25 @@ def image_size(path: str) -> Tuple[int, int]:
         return image.height, image.width
 
 
+DEFAULT_MAX_PIXELS = 50_000_000  # = config.DataConfig.max_image_pixels (tested)
+
+
+def oversized(path: str, max_pixels: int) -> str | None:
+    """A problem line if the file's header declares more than ``max_pixels`` pixels, else None.
+
+    The header is read with PIL (no pixels are decoded). An unreadable header is not judged here:
+    the per-epoch check skips and reports such files.
+    """
+    problem = f"image declaring more than {max_pixels} pixels (--data.max_image_pixels), skipped"
+    try:
+        height, width = image_size(path)
+    except Image.DecompressionBombError:  # PIL's own limit (2 x 89 MP) refuses even to open it
+        return problem
+    except Exception:  # noqa: BLE001 - any unreadable header: left to the per-epoch check
+        return None
+    return problem if height * width > max_pixels else None
+
+
 def known_size(height, width, path: str) -> Tuple[int, int] | None:
     """The annotation's (height, width) when it is a valid pair, else the image header's; None if neither."""
     try:
@@ -138,7 +157,8 @@ def known_size(height, width, path: str) -> Tuple[int, int] | None:
         return None
 
 
-def read_voc(devkit_dir: str, image_set: str, class_names: Sequence[str]) -> Records:
+def read_voc(devkit_dir: str, image_set: str, class_names: Sequence[str],
+             max_pixels: int = DEFAULT_MAX_PIXELS) -> Records:
     """Reads ``<devkit_dir>/ImageSets/Main/<image_set>.txt`` and the XML of every listed image.
 
     Objects of other classes, malformed boxes and images whose XML or JPEG is missing or
@@ -149,6 +169,7 @@ def read_voc(devkit_dir: str, image_set: str, class_names: Sequence[str]) -> Rec
       devkit_dir: e.g. ``VOCdevkit/VOC2007`` (JPEGImages, Annotations, ImageSets/Main).
       image_set: e.g. ``trainval``.
       class_names: the C class names in label order.
+      max_pixels: images whose header declares more pixels are skipped (``oversized``).
 
     Returns:
       ``Records``.
@@ -173,6 +194,10 @@ def read_voc(devkit_dir: str, image_set: str, class_names: Sequence[str]) -> Rec
             continue
         if not os.path.isfile(jpeg_path):  # a FIFO, socket or device would block or never end
             records.problems.add("not a regular file, skipped", jpeg_path)
+            continue
+        too_big = oversized(jpeg_path, max_pixels)
+        if too_big:
+            records.problems.add(too_big, jpeg_path)
             continue
         if not os.path.isfile(xml_path):
             records.problems.add("missing annotation file, image skipped", xml_path)
@@ -208,13 +233,14 @@ def read_voc(devkit_dir: str, image_set: str, class_names: Sequence[str]) -> Rec
     return records
 
 
-def read_coco(json_path: str, image_dir: str, training: bool) -> Records:
+def read_coco(json_path: str, image_dir: str, training: bool, max_pixels: int = DEFAULT_MAX_PIXELS) -> Records:
     """Reads a COCO ``instances`` JSON.
 
     Args:
       json_path: the annotation file.
       image_dir: folder holding the ``file_name`` of every image.
       training: drop crowd boxes (True) or keep them as difficult (False).
+      max_pixels: images whose header declares more pixels are skipped (``oversized``).
 
     Returns:
       ``Records`` with ``category_ids``.
@@ -260,6 +286,10 @@ def read_coco(json_path: str, image_dir: str, training: bool) -> Records:
             continue
         if not os.path.isfile(path):  # a FIFO, socket or device would block or never end
             records.problems.add("not a regular file, skipped", path)
+            continue
+        too_big = oversized(path, max_pixels)
+        if too_big:
+            records.problems.add(too_big, path)
             continue
         size = known_size(img.get("height"), img.get("width"), path)
         if size is None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from scratchdet_tf.data import augment
+from scratchdet_tf.data import annotations, augment
 
 _MAX_NAMES_REPORTED = 20
 # End markers are looked for this close to the end: some files carry trailing padding, and
@@ -59,7 +59,7 @@ def is_valid_image(data):
 
 # Decoded images larger than this are refused before decoding (a 1.2 MB PNG can declare 20000 x 20000
 # pixels: 1.2 GB as uint8 RGB, several GB once resized in float). 50 MP is 8,660 x 5,773.
-DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_PIXELS = annotations.DEFAULT_MAX_PIXELS
 _JPEG_SOF = (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
 
 
@@ -152,7 +152,7 @@ def mark_epoch_end(ds):
 
 
 def report_and_skip(ds, source: str, load_problems: str = "", num_load_problems: int = 0,
-                    max_pixels: int = DEFAULT_MAX_PIXELS):
+                    max_pixels: int | None = DEFAULT_MAX_PIXELS):
     """Checks loaded bytes, drops bad images and prints one report per epoch when anything was wrong.
 
     Args:
@@ -161,13 +161,16 @@ def report_and_skip(ds, source: str, load_problems: str = "", num_load_problems:
       source: the source URI, quoted in the report.
       load_problems: summary of the annotation problems found at load time.
       num_load_problems: their count (reported every epoch as a reminder).
-      max_pixels: images whose header declares more pixels are skipped undecoded.
+      max_pixels: images whose header declares more pixels are skipped undecoded; None: no check
+        (file sources are checked when their annotations are read, which costs nothing per epoch).
 
     Returns:
       A dataset of valid raw elements.
     """
     def check(raw, is_end):
-        usable = is_valid_image(raw["encoded"]) & within_pixel_limit(raw["encoded"], max_pixels)
+        usable = is_valid_image(raw["encoded"])
+        if max_pixels is not None:
+            usable &= within_pixel_limit(raw["encoded"], max_pixels)
         return raw, is_end, tf.logical_or(is_end, usable)
 
     def step(state, element):

@@ -87,7 +87,7 @@ def make_dataset(data_cfg, anchors, *, training: bool, image_size: int, batch_si
     """
     source = data_cfg.train_source if training else data_cfg.val_source
     ds, info = readers.read(source, tfds_data_dir=data_cfg.tfds_data_dir, training=training, decode=False,
-                            input_context=input_context, seed=seed)
+                            input_context=input_context, seed=seed, max_image_pixels=data_cfg.max_image_pixels)
     if training and info.num_boxes == 0:  # every loss term would be 0: a run that "finishes" having learned nothing
         problems = f" ({info.problems})" if info.problems else ""
         raise ValueError(f"{source}: no object is annotated in any of its {info.num_examples} usable images{problems}; "
@@ -109,7 +109,9 @@ def make_dataset(data_cfg, anchors, *, training: bool, image_size: int, batch_si
     # on every image of an epoch reaching report_and_skip before that epoch's end marker.
     ds = ds.map(lambda raw, is_end: (images.load_bytes(raw), is_end), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
-    ds = images.report_and_skip(ds, source, info.problems, info.num_problems, max_pixels=data_cfg.max_image_pixels)
+    # Files were checked against the pixel limit when read; TFDS records are checked here.
+    ds = images.report_and_skip(ds, source, info.problems, info.num_problems,
+                                max_pixels=data_cfg.max_image_pixels if "tfds:" in source else None)
 
     anchors = tf.constant(np.asarray(anchors, np.float32))
     worker = input_context.input_pipeline_id if input_context is not None else 0

@@ -148,8 +148,8 @@ def read(source: str, *, tfds_data_dir: str = "", training: bool = True, decode:
         read (False; see ``images``) for a pipeline that shuffles before decoding.
       input_context: shard for this input pipeline (multi-worker).
       seed: TFDS file-shuffle seed and the seed of mixing joined sources.
-      max_image_pixels: with ``decode``, images whose header declares more pixels are skipped
-        (and reported) without being decoded.
+      max_image_pixels: images whose header declares more pixels are skipped without being decoded:
+        files when their annotations are read (PIL reads the header), TFDS records in tf.data.
 
     Returns:
       (dataset, ``SourceInfo``). With ``decode`` the dataset skips unreadable images and
@@ -164,9 +164,11 @@ def read(source: str, *, tfds_data_dir: str = "", training: bool = True, decode:
         if scheme == "tfds":
             tfds_sets.append((part,) + _read_tfds(args[0], args[1], tfds_data_dir, training, input_context, seed))
         elif scheme == "voc":
-            record_sets.append((part, annotations.read_voc(args[0], args[1], voc_io.VOC_CLASS_NAMES)))
+            record_sets.append((part, annotations.read_voc(args[0], args[1], voc_io.VOC_CLASS_NAMES,
+                                                                      max_pixels=max_image_pixels)))
         else:
-            record_sets.append((part, annotations.read_coco(args[0], args[1], training)))
+            record_sets.append((part, annotations.read_coco(args[0], args[1], training,
+                                                                       max_pixels=max_image_pixels)))
     _check_same_classes([(p, r.class_names) for p, r in record_sets] + [(p, i.class_names) for p, _, i in tfds_sets])
 
     datasets, sizes, problems = [], [], annotations.ProblemLog()
@@ -208,7 +210,8 @@ def read(source: str, *, tfds_data_dir: str = "", training: bool = True, decode:
                       num_boxes=-1 if tfds_sets else sum(len(b) for b in merged.boxes))
     if decode:
         ds = images.mark_epoch_end(ds.map(images.load_bytes, num_parallel_calls=tf.data.AUTOTUNE))
-        ds = images.report_and_skip(ds, source, info.problems, info.num_problems, max_pixels=max_image_pixels)
+        ds = images.report_and_skip(ds, source, info.problems, info.num_problems,
+                                    max_pixels=max_image_pixels if tfds_sets else None)
         ds = ds.map(images.to_example, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
     return ds, info
 
