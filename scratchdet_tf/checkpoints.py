@@ -9,7 +9,6 @@ from typing import NamedTuple
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from scratchdet_tf import config as config_lib
 from scratchdet_tf import run_dir
@@ -64,16 +63,7 @@ def restore_model(model_dir: str, checkpoint: str | None = None, cfg: config_lib
     if not candidates:
         raise FileNotFoundError(f"no checkpoint in {model_dir!r}")
     model = ssd.build_model(cfg.model, cfg.anchors)
-    failures = []
-    for checkpoint in candidates:
-        try:
-            tf.train.Checkpoint(model=model).read(checkpoint).expect_partial()
-            break
-        except (IndexError, tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.NotFoundError) as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            logging.warning("checkpoint %s is unreadable (%s); trying the previous one", checkpoint, reason)
-            failures.append(f"{os.path.basename(checkpoint)}: {reason}")
-    else:
-        raise run_dir.RunDirError(f"no readable checkpoint in {model_dir!r} ({'; '.join(failures)})")
+    checkpoint = run_dir.restore_first_readable(
+        candidates, lambda prefix: tf.train.Checkpoint(model=model).read(prefix).expect_partial(), model_dir)
     anchors = ssd.model_anchors(model, cfg.anchors, cfg.model.image_size)
     return Restored(cfg, model, anchors, checkpoint, checkpoint_step(checkpoint))

@@ -20,7 +20,9 @@ import re
 import shutil
 import socket
 import time
-from typing import Dict, List
+from typing import Callable, Dict, List, Sequence
+
+from absl import logging
 
 from scratchdet_tf import config as config_lib
 
@@ -108,6 +110,31 @@ def resume_candidates(model_dir: str) -> List[str]:
         if match and os.path.isfile(os.path.join(model_dir, name)) and _shards_present(prefix):
             found.append((int(match.group(1)), prefix))
     return [prefix for _, prefix in sorted(found, reverse=True)]
+
+
+def restore_first_readable(prefixes: Sequence[str], restore: Callable[[str], object], model_dir: str) -> str:
+    """Calls ``restore(prefix)`` on each prefix in turn until one reads; returns that prefix.
+
+    A checkpoint whose files are truncated or corrupt (TF raises ``IndexError`` "Read less bytes
+    than requested", ``DataLossError`` for a bad checksum, ...) is skipped with a warning naming it.
+    Any other error (a checkpoint of another model) propagates: that is not a damaged file.
+
+    Raises:
+      RunDirError: no prefix could be read, listing each with its reason.
+    """
+    import tensorflow as tf  # only restoring needs it
+
+    damaged = (IndexError, tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.NotFoundError)
+    failures = []
+    for prefix in prefixes:
+        try:
+            restore(prefix)
+            return prefix
+        except damaged as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            logging.warning("checkpoint %s is unreadable (%s); trying the previous one", prefix, reason)
+            failures.append(f"{os.path.basename(prefix)}: {reason}")
+    raise RunDirError(f"no readable checkpoint in {model_dir!r} ({'; '.join(failures)}); nothing was changed")
 
 
 def remove_partial_save(prefix: str) -> None:

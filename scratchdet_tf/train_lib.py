@@ -114,23 +114,14 @@ def _restore_newest_readable(checkpoint: tf.train.Checkpoint, model_dir: str) ->
       run_dir.RunDirError: checkpoints exist but none can be read (nothing is touched).
     """
     candidates = run_dir.resume_candidates(model_dir)
+    if not candidates:
+        return None
     indexed = tf.train.latest_checkpoint(model_dir)
-    if candidates and indexed != candidates[0]:
+    if indexed != candidates[0]:
         logging.warning("%s's checkpoint index names %s, but the newest complete checkpoint is %s; resuming "
                         "from the files", model_dir, indexed, candidates[0])
-    failures = []
-    for prefix in candidates:
-        try:
-            checkpoint.restore(prefix).assert_existing_objects_matched()
-            return prefix
-        except (IndexError, tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.NotFoundError) as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            logging.warning("checkpoint %s is unreadable (%s); trying the previous one", prefix, reason)
-            failures.append(f"{os.path.basename(prefix)}: {reason}")
-    if failures:
-        raise run_dir.RunDirError(f"no readable checkpoint in {model_dir!r} ({'; '.join(failures)}); "
-                                  "nothing was changed")
-    return None
+    return run_dir.restore_first_readable(
+        candidates, lambda prefix: checkpoint.restore(prefix).assert_existing_objects_matched(), model_dir)
 
 
 def _save(manager: tf.train.CheckpointManager, step: int) -> str:

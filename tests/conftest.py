@@ -34,6 +34,15 @@ def learning_cfg(data_dir, seed=0):
 
 
 @pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory):
+    """16 training and 4 validation images of the shapes dataset (seed 0), read-only for the tests."""
+    d = str(tmp_path_factory.mktemp("shapes"))
+    shapes.write_split(d, "train", 16, seed=0)
+    shapes.write_split(d, "val", 4, seed=0)
+    return d
+
+
+@pytest.fixture(scope="session")
 def easy_shapes(tmp_path_factory):
     """64 training images of 1-2 large shapes (the learning tests' data)."""
     d = str(tmp_path_factory.mktemp("learn_shapes"))

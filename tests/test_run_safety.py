@@ -15,17 +15,8 @@ import pytest
 import tensorflow as tf
 
 from scratchdet_tf import checkpoints, config, run_dir, train_lib
-from scratchdet_tf.data import shapes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("shapes"))
-    shapes.write_split(d, "train", 16, seed=0)
-    shapes.write_split(d, "val", 4, seed=0)
-    return d
 
 
 def tiny_cfg(shapes_dir, **train):

@@ -143,6 +143,21 @@ def oversized(path: str, max_pixels: int) -> str | None:
     return problem if height * width > max_pixels else None
 
 
+def unusable_image(path: str, listed: bool, max_pixels: int) -> str | None:
+    """Why an image file cannot be used (a problem line), or None.
+
+    Args:
+      path: the image file.
+      listed: whether its folder listing holds it (one listing per folder is cheaper than a stat each).
+      max_pixels: see ``oversized``.
+    """
+    if not listed:
+        return "missing image, skipped"
+    if not os.path.isfile(path):  # a FIFO, socket or device would block or never end
+        return "not a regular file, skipped"
+    return oversized(path, max_pixels)
+
+
 def known_size(height, width, path: str) -> Tuple[int, int] | None:
     """The annotation's (height, width) when it is a valid pair, else the image header's; None if neither."""
     try:
@@ -189,15 +204,9 @@ def read_voc(devkit_dir: str, image_set: str, class_names: Sequence[str],
     for image_id in ids:
         xml_path = os.path.join(devkit_dir, "Annotations", f"{image_id}.xml")
         jpeg_path = os.path.join(jpeg_dir, f"{image_id}.jpg")
-        if f"{image_id}.jpg" not in present:
-            records.problems.add("missing image, skipped", jpeg_path)
-            continue
-        if not os.path.isfile(jpeg_path):  # a FIFO, socket or device would block or never end
-            records.problems.add("not a regular file, skipped", jpeg_path)
-            continue
-        too_big = oversized(jpeg_path, max_pixels)
-        if too_big:
-            records.problems.add(too_big, jpeg_path)
+        problem = unusable_image(jpeg_path, f"{image_id}.jpg" in present, max_pixels)
+        if problem:
+            records.problems.add(problem, jpeg_path)
             continue
         if not os.path.isfile(xml_path):
             records.problems.add("missing annotation file, image skipped", xml_path)
@@ -281,15 +290,9 @@ def read_coco(json_path: str, image_dir: str, training: bool, max_pixels: int = 
     for img in images:
         file_name = str(img.get("file_name", ""))
         path = os.path.join(image_dir, file_name)
-        if file_name not in present:
-            records.problems.add("missing image, skipped", path)
-            continue
-        if not os.path.isfile(path):  # a FIFO, socket or device would block or never end
-            records.problems.add("not a regular file, skipped", path)
-            continue
-        too_big = oversized(path, max_pixels)
-        if too_big:
-            records.problems.add(too_big, path)
+        problem = unusable_image(path, file_name in present, max_pixels)
+        if problem:
+            records.problems.add(problem, path)
             continue
         size = known_size(img.get("height"), img.get("width"), path)
         if size is None:
