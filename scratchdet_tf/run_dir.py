@@ -91,7 +91,7 @@ class RunLock:
 
 
 def _shards_present(prefix: str) -> bool:
-    """Whether every data shard ``prefix.data-XXXXX-of-NNNNN`` of a checkpoint exists."""
+    """Whether every data shard of a checkpoint exists (``<prefix>.data-<i>-of-<n>``, i < n)."""
     shards = glob.glob(glob.escape(prefix) + ".data-*-of-*")
     if not shards:
         return False

@@ -33,6 +33,18 @@ def learning_cfg(data_dir, seed=0):
     )
 
 
+def tiny_train_config(shapes_dir, depth=18, **train):
+    """A 1/16-width Root-ResNet SSD at 64 px on ``shapes_dir``, deterministic, batch 4 (training-loop tests)."""
+    return config.Config(
+        model=config.ModelConfig(depth=depth, width=1 / 16, image_size=64, num_classes=5),
+        anchors=config.AnchorConfig(steps=()),
+        data=config.DataConfig(train_source=f"shapes:{shapes_dir}", val_source=f"shapes:{shapes_dir}",
+                               deterministic=True, shuffle_buffer=16),
+        train=config.TrainConfig(**{"batch_size": 4, "max_steps": 2, "learning_rate": 0.01, "lr_boundaries": (),
+                                    "log_every_steps": 1, "deterministic": True, **train}),
+    )
+
+
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory):
     """16 training and 4 validation images of the shapes dataset (seed 0), read-only for the tests."""

@@ -13,6 +13,7 @@ import time
 
 import pytest
 import tensorflow as tf
+from conftest import tiny_train_config
 
 from scratchdet_tf import checkpoints, config, run_dir, train_lib
 
@@ -20,15 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_cfg(shapes_dir, **train):
-    return config.Config(
-        model=config.ModelConfig(depth=10, width=1 / 16, image_size=64, num_classes=5),
-        anchors=config.AnchorConfig(steps=()),
-        data=config.DataConfig(train_source=f"shapes:{shapes_dir}", val_source=f"shapes:{shapes_dir}",
-                               deterministic=True, shuffle_buffer=16),
-        train=config.TrainConfig(**{"batch_size": 4, "max_steps": 4, "learning_rate": 0.01, "lr_boundaries": (),
-                                    "log_every_steps": 1, "checkpoint_every_steps": 2, "deterministic": True,
-                                    **train}),
-    )
+    return tiny_train_config(shapes_dir, depth=10, **{"max_steps": 4, "checkpoint_every_steps": 2, **train})
 
 
 def snapshot(model_dir, names):

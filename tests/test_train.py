@@ -13,23 +13,15 @@ import keras
 import numpy as np
 import pytest
 from absl import flags
+from conftest import tiny_train_config
 
 from scratchdet_tf import checkpoints, config, config_flags, losses, train_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-
-
 def tiny_cfg(shapes_dir, **train):
-    return config.Config(
-        model=config.ModelConfig(depth=18, width=1 / 16, image_size=64, num_classes=5),
-        anchors=config.AnchorConfig(steps=()),
-        data=config.DataConfig(train_source=f"shapes:{shapes_dir}", val_source=f"shapes:{shapes_dir}",
-                               deterministic=True, shuffle_buffer=16),
-        train=config.TrainConfig(**{"batch_size": 4, "max_steps": 2, "learning_rate": 0.01, "lr_boundaries": (),
-                                    "log_every_steps": 1, "deterministic": True, **train}),
-    )
+    return tiny_train_config(shapes_dir, **train)
 
 
 def weights(model_dir):
