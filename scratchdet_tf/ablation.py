@@ -1,8 +1,8 @@
 """Grids of training runs (paper Tables 1 and 2): train and evaluate every cell, then tabulate.
 
 A grid is a list of ``Cell``s, each one flagfile in ``configs/ablations/`` plus the paper's number
-for it (SPEC §8). ``run_grid`` trains every cell with ``train_lib.train`` in its own folder
-``<out_dir>/<cell name>``, evaluates the finished ones with ``eval_lib.evaluate`` (a diverged cell
+for it (docs/PAPER.md#results). ``run_grid`` trains every cell with ``train_lib.train`` in its own folder
+``<out_dir>/<cell name>``, evaluates the finished ones with ``runner.evaluate`` (a diverged cell
 has no detector worth scoring) and writes ``<out_dir>/<grid>.md`` and ``<grid>.json``. Cells are
 independent: a folder that already holds the run's ``train_result.json`` (and, for a finished run,
 ``eval/metrics.json``) at the requested step is reused, so an interrupted grid resumes where it stopped.
@@ -19,12 +19,14 @@ import time
 from typing import Dict, List, Sequence
 
 import keras
-from absl import flags, logging
+from absl import logging
 
-from scratchdet_tf import checkpoints, config, config_flags, eval_lib, evaluation, train_lib
+from scratchdet_tf import config, run_dir
+from scratchdet_tf.config import flagfile
+from scratchdet_tf.evaluation import report, runner
+from scratchdet_tf.training import train_lib
 
 ABLATION_DIR = os.path.join("configs", "ablations")
-TRAIN_RESULT_FILE = "train_result.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +39,7 @@ class Cell:
 
 
 def _table1() -> List[Cell]:
-    # SPEC §8 Table 1, "scratch" rows: mAP at lr 0.001, 0.01, 0.05; None = NAN (diverged).
+    # docs/PAPER.md#results Table 1, "scratch" rows: mAP at lr 0.001, 0.01, 0.05; None = NAN (diverged).
     paper = {"none": (67.6, None, None), "head": (71.0, 75.6, None),
              "backbone": (72.8, 77.8, 78.0), "both": (71.8, 77.3, 78.7)}
     where = {"none": "no BN", "head": "BN head only", "backbone": "BN backbone only", "both": "BN backbone + head"}
@@ -46,7 +48,7 @@ def _table1() -> List[Cell]:
 
 
 def _table2() -> List[Cell]:
-    # SPEC §8 Table 2 (first-conv stride, root block) and Fig. 3 (b) ResNet-18-A.
+    # docs/PAPER.md#results Table 2 (first-conv stride, root block) and Fig. 3 (b) ResNet-18-A.
     rows = (("s2_7x7", 73.1), ("s2_3x3", 73.2), ("s2_3x3x2", 74.9), ("s2_3x3x3", 75.4), ("s1_7x7", 77.6),
             ("s1_3x3", 77.8), ("s1_3x3x2", 78.1), ("s1_3x3x3", 78.5), ("s1_3x3x4", 78.4), ("s1_3x3x5", 78.5))
     cells = [Cell(f"table2_{key}", f"first conv stride {key[1]}, root {key[3:]}", paper) for key, paper in rows]
@@ -65,19 +67,14 @@ def grid_cells(grid: str) -> List[Cell]:
     return grids[grid]()
 
 
-def cell_config(flagfile: str, overrides: Sequence[str] = ()) -> config.Config:
+def cell_config(path: str, overrides: Sequence[str] = ()) -> config.Config:
     """The config of a flagfile with ``--section.name=value`` overrides after it (the last one wins).
 
-    Uses its own ``absl.flags.FlagValues``, so the process's global flags are untouched.
-
     Raises:
-      absl.flags.Error: a missing flagfile or an unknown flag, naming it.
+      flagfile.FlagfileError: a missing flagfile or an unknown flag, naming it.
       config.ConfigError: an invalid value, naming the flag.
     """
-    flag_values = flags.FlagValues()
-    config_flags.define_flags(flag_values)
-    flag_values(["ablation"] + config_flags.expand_flagfiles([f"--flagfile={flagfile}", *overrides]))
-    return config_flags.config_from_flags(flag_values)
+    return flagfile.parse([f"--flagfile={path}", *overrides])
 
 
 def _read_json(path: str) -> dict | None:
@@ -89,9 +86,9 @@ def _read_json(path: str) -> dict | None:
 
 def _check_same_run(cfg: config.Config, model_dir: str) -> None:
     """A reused folder must hold this very run (only the step budget and evaluation settings may differ)."""
-    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+    if not run_dir.has_config(model_dir):
         return
-    old = checkpoints.load_config(model_dir)
+    old = run_dir.load_config(model_dir)
     if config.replace(old, train__max_steps=cfg.train.max_steps, eval=cfg.eval) != cfg:
         raise ValueError(f"{model_dir}/config.json is a different run than this grid cell; delete {model_dir} "
                          "or choose another --out_dir")
@@ -112,7 +109,7 @@ def run_cell(cell: Cell, cfg: config.Config, model_dir: str, train_eval_source: 
       "reused"}``; the mAPs are fractions, None for a diverged cell (or no ``train_eval_source``).
     """
     _check_same_run(cfg, model_dir)
-    result = _read_json(os.path.join(model_dir, TRAIN_RESULT_FILE))
+    result = run_dir.read_train_result(model_dir)
     done = result is not None and (result["status"] == "diverged" or result["step"] >= cfg.train.max_steps)
     reused = done
     if not done:
@@ -125,15 +122,15 @@ def run_cell(cell: Cell, cfg: config.Config, model_dir: str, train_eval_source: 
         maps[key] = None
         if result["status"] != "finished" or not source:
             continue
-        metrics_path = os.path.join(model_dir, folder, eval_lib.METRICS_FILE)
+        metrics_path = os.path.join(model_dir, folder, runner.METRICS_FILE)
         metrics = _read_json(metrics_path)
         if metrics is None or metrics.get("step") != result["step"] or metrics.get("source") != source:
             keras.backend.clear_session()
-            restored = checkpoints.restore_model(model_dir, cfg=cfg)
-            metrics = eval_lib.evaluate(cfg, restored.model, restored.anchors, source=source,
+            restored = run_dir.restore_model(model_dir, cfg=cfg)
+            metrics = runner.evaluate(cfg, restored.model, restored.anchors, source=source,
                                         output_dir=os.path.dirname(metrics_path), step=restored.step)
             metrics["source"] = source
-            evaluation.write_metrics_json(metrics_path, metrics)
+            report.write_metrics_json(metrics_path, metrics)
             reused = False
         maps[key] = metrics["mAP_07"]
     return {"name": cell.name, "label": cell.label, "paper_map": cell.paper_map, "status": result["status"],

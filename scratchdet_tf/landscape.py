@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import os
 from typing import Dict, Sequence, Tuple
 
@@ -23,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from scratchdet_tf import plots
+from scratchdet_tf import run_dir as run_dir_lib
 
 TAGS = ("loss", "grad_norm", "grad_norm_fluctuation")
 PANELS = (("loss", "(a) training loss"), ("grad_norm", "(b) L2 norm of gradient"),
@@ -115,12 +115,9 @@ def load_run(run_dir: str, label: str | None = None) -> Run:
     """
     scalars = read_scalars(run_dir)
     diverged_at = None
-    result_path = os.path.join(run_dir, "train_result.json")
-    if os.path.isfile(result_path):
-        with open(result_path) as f:
-            result = json.load(f)
-        if result.get("status") == "diverged":
-            diverged_at = int(result["step"])
+    result = run_dir_lib.read_train_result(run_dir) or {}
+    if result.get("status") == "diverged":
+        diverged_at = int(result["step"])
     return Run(label or os.path.basename(os.path.normpath(run_dir)), scalars, diverged_at)
 
 

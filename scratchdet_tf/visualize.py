@@ -1,8 +1,8 @@
-"""Drawing detections on images (numpy + PIL only, so TensorBoard summaries and tools share it)."""
+"""Drawing detections on images (numpy + PIL): the one drawing helper of training summaries, demo and detect."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -17,6 +17,29 @@ PALETTE = (
 def class_color(label: int) -> tuple:
     """The RGB colour of a 0-based class label."""
     return PALETTE[int(label) % len(PALETTE)]
+
+
+def confident(detections: Dict[str, np.ndarray], min_score: float, index: int | None = None
+              ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's detections scoring at least ``min_score``, as (boxes [K, 4], classes [K], scores [K]).
+
+    Args:
+      detections: a predict function's dict (``postprocess.detect``'s format): ``boxes`` [N, 4],
+        ``classes`` [N], ``scores`` [N], ``num_detections`` (entries past it are padding), batched
+        with a leading [B] axis when ``index`` is given.
+      min_score: the score threshold.
+      index: the image's index in a batched dict; None for one image's dict.
+    """
+    one = {k: np.asarray(v) if index is None else np.asarray(v)[index] for k, v in detections.items()}
+    num = int(one["num_detections"]) if "num_detections" in one else len(one["scores"])
+    keep = np.flatnonzero(one["scores"][:num] >= min_score)
+    return one["boxes"][keep], one["classes"][keep], one["scores"][keep]
+
+
+def draw_result(image, detections: Dict[str, np.ndarray], class_names: Sequence[str] = (), *,
+                min_score: float = 0.3, index: int | None = None) -> np.ndarray:
+    """``draw_detections`` of the detections of ``image`` that score at least ``min_score`` (see ``confident``)."""
+    return draw_detections(image, *confident(detections, min_score, index), class_names)
 
 
 def draw_detections(image, boxes, classes, scores, class_names: Sequence[str] = ()) -> np.ndarray:

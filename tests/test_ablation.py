@@ -2,25 +2,21 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+from conftest import ROOT, run_tool
 
-from scratchdet_tf import ablation, train_lib
-from scratchdet_tf.data import shapes
+from scratchdet_tf import ablation
+from scratchdet_tf.training import train_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CELLS = ("table1_none_lr0.001", "table1_both_lr0.05")
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory):
+def grid(shapes_dir, tmp_path_factory):
     """A 2-cell Table 1 grid, 2 steps each, on tiny models; the no-BN cell is forced to diverge."""
     root = tmp_path_factory.mktemp("ablation")
-    data = str(root / "shapes")
-    shapes.write_split(data, "train", 8, seed=0)
-    shapes.write_split(data, "val", 4, seed=0)
+    data = shapes_dir
     config_dir = root / "configs"
     config_dir.mkdir()
     for name in CELLS:  # the real flagfiles, plus a huge lr on the no-BN cell so that it diverges
@@ -37,6 +33,7 @@ def grid(tmp_path_factory):
             "train_eval_source": f"shapes:{data}:train"}
 
 
+@pytest.mark.slow
 def test_grid_table_has_a_row_per_cell_with_divergence_and_paper_numbers(grid):
     rows = {row["name"]: row for row in grid["report"]["rows"]}
     assert rows["table1_none_lr0.001"]["status"] == "diverged" and rows["table1_none_lr0.001"]["mAP_07"] is None
@@ -53,6 +50,7 @@ def test_grid_table_has_a_row_per_cell_with_divergence_and_paper_numbers(grid):
         assert [row["name"] for row in json.load(f)["rows"]] == list(CELLS)
 
 
+@pytest.mark.slow
 def test_finished_cells_are_reused_without_training(grid, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished cell was trained again")
@@ -64,6 +62,7 @@ def test_finished_cells_are_reused_without_training(grid, monkeypatch):
     assert [row["mAP_07"] for row in again["rows"]] == [row["mAP_07"] for row in grid["report"]["rows"]]
 
 
+@pytest.mark.slow
 def test_a_folder_holding_another_run_is_an_error_naming_it(grid):
     with pytest.raises(ValueError, match="table1_both_lr0.05.*different run"):
         ablation.run_grid("table1", grid["out_dir"], steps=2, overrides=grid["overrides"] + ["--model.width=0.125"],
@@ -83,17 +82,18 @@ def test_paper_cell_tables_match_spec_section_8():
         ablation.grid_cells("table9")
 
 
+@pytest.mark.slow
 def test_paper_schedule_shrinks_to_the_same_fractions_of_a_short_run(grid):
     assert ablation.scaled_boundaries((45_000, 75_000, 95_000), 100_000, 400) == (180, 300, 380)
     assert ablation.scaled_boundaries((45_000, 75_000, 95_000), 100_000, 2) == (1, 2)
     assert grid["report"]["lr_boundaries"] == [[1, 2]]
 
 
+@pytest.mark.slow
 def test_tool_reuses_the_grid_and_ends_with_one_json_line(grid):
-    args = [sys.executable, "tools/ablate.py", "--grid=table1", "--steps=2", f"--out_dir={grid['out_dir']}",
-            f"--cells={','.join(CELLS)}", f"--config_dir={grid['config_dir']}",
-            f"--train_eval_source={grid['train_eval_source']}", *grid["overrides"]]
-    run = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run = run_tool("ablate", "--grid=table1", "--steps=2", f"--out_dir={grid['out_dir']}",
+                   f"--cells={','.join(CELLS)}", f"--config_dir={grid['config_dir']}",
+                   f"--train_eval_source={grid['train_eval_source']}", *grid["overrides"])
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["cells"] == 2 and result["diverged"] == ["table1_none_lr0.001"]

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from scratchdet_tf import anchors, config
+from scratchdet_tf import config
+from scratchdet_tf.boxes import anchors
 
 VOC300_MAPS = [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)]
 
@@ -18,7 +19,7 @@ def test_voc300_has_8732_priors():
     a = voc300_anchors()
     assert a.shape == (8732, 4) and a.dtype == np.float32
     assert anchors.num_anchors(VOC300_MAPS, config.AnchorConfig().anchors_per_location()) == 8732
-    # 5776 + 2166 + 600 + 150 + 36 + 4 (SPEC §2)
+    # 5776 + 2166 + 600 + 150 + 36 + 4 (docs/PAPER.md#detection-head)
     assert config.AnchorConfig().anchors_per_location() == (4, 6, 6, 6, 4, 4)
 
 

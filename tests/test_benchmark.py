@@ -2,27 +2,15 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+from conftest import cli_flags, run_tool, tiny_config
 
-from scratchdet_tf.data import shapes
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("shapes"))
-    shapes.write_split(d, "train", 8, seed=0)
-    shapes.write_split(d, "val", 2, seed=0)
-    return d
+from scratchdet_tf.models import ssd
 
 
 def _run(*args):
-    run = subprocess.run([sys.executable, "tools/benchmark.py", *args], cwd=ROOT, capture_output=True, text=True,
-                         timeout=600)
+    run = run_tool("benchmark", *args, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
 
@@ -32,9 +20,24 @@ def test_input_mode_reports_pipeline_images_per_sec(shapes_dir):
     assert result["mode"] == "input" and result["images_per_sec"] > 0
 
 
+@pytest.mark.slow
 def test_train_mode_reports_each_precision(shapes_dir):
-    result = _run("train", "--model.depth=18", "--model.width=0.0625", "--model.image_size=64",
-                  "--model.num_classes=5", "--anchors.steps=", f"--data.train_source=shapes:{shapes_dir}",
-                  "--train.batch_size=4", "--train_steps=3", "--precisions=float32,mixed_bfloat16", "--xla=false")
+    cfg = tiny_config(data__train_source=f"shapes:{shapes_dir}", train__batch_size=4)
+    result = _run("train", *cli_flags(cfg), "--train_steps=3", "--precisions=float32,mixed_bfloat16", "--xla=false")
     assert result["mode"] == "train"
     assert result["float32_images_per_sec"] > 0 and result["mixed_bfloat16_images_per_sec"] > 0
+
+
+@pytest.mark.slow
+def test_benchmark_infer_mode_reports_speed_from_the_export_info(exported_tflite):
+    result = run_tool("benchmark", "infer", f"--model={os.path.join(exported_tflite['dir'], 'model_int8.tflite')}",
+                      "--iterations=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["mode"] == "infer" and summary["model"].endswith("model_int8.tflite") and summary["batch"] == 1
+    # latency_ms is printed rounded to 0.01 ms, and a tiny model runs in a fraction of a millisecond.
+    latency = summary["latency_ms"]
+    assert latency > 0
+    assert 0.99e3 / (latency + 0.005) <= summary["images_per_sec"] <= 1.01e3 / max(latency - 0.005, 1e-6)
+    macs = ssd.conv_macs(exported_tflite["model"])
+    assert summary["gflops_per_sec"] == pytest.approx(2 * macs * summary["images_per_sec"] / 1e9, abs=0.1)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from scratchdet_tf import box_ops
+from scratchdet_tf.boxes import box_ops
 
 
 def random_boxes(rng, n):

@@ -3,22 +3,21 @@
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 from absl import flags
+from conftest import ROOT, run_tool
 
-from scratchdet_tf import config, config_flags
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from scratchdet_tf import config, run_dir
+from scratchdet_tf.cli import config_flags
+from scratchdet_tf.config import flagfile
 
 
 def parse(argv):
     """Fresh FlagValues with the config flags, parsed from argv (flagfiles expanded)."""
     fv = flags.FlagValues()
     config_flags.define_flags(fv)
-    fv(["prog"] + config_flags.expand_flagfiles(argv))
+    fv(["prog"] + flagfile.expand(argv))
     return config_flags.config_from_flags(fv)
 
 
@@ -52,7 +51,7 @@ def test_overrides_parse_every_kind():
 
 def test_flagfile_round_trip_restores_the_config(tmp_path):
     cfg = parse(["--flagfile=" + os.path.join(ROOT, "configs/shapes_demo.cfg"), "--train.seed=7"])
-    config_flags.write_run_files(cfg, str(tmp_path))
+    run_dir.write_config(cfg, str(tmp_path))
     again = parse([f"--flagfile={tmp_path / 'flags.cfg'}"])
     assert again == cfg
     with open(tmp_path / "config.json") as f:
@@ -73,15 +72,15 @@ def test_last_occurrence_wins_and_nested_includes_resolve_from_the_file(tmp_path
 
 
 def test_missing_flagfile_names_the_file(tmp_path):
-    with pytest.raises(flags.Error, match="nope.cfg"):
-        config_flags.expand_flagfiles([f"--flagfile={tmp_path / 'nope.cfg'}"])
+    with pytest.raises(flagfile.FlagfileError, match="nope.cfg"):
+        flagfile.expand([f"--flagfile={tmp_path / 'nope.cfg'}"])
 
 
 def test_flagfile_cycle_is_an_error(tmp_path):
     (tmp_path / "a.cfg").write_text("--flagfile=b.cfg\n")
     (tmp_path / "b.cfg").write_text("--flagfile=a.cfg\n")
-    with pytest.raises(flags.Error, match="cycle"):
-        config_flags.expand_flagfiles([f"--flagfile={tmp_path / 'a.cfg'}"])
+    with pytest.raises(flagfile.FlagfileError, match="cycle"):
+        flagfile.expand([f"--flagfile={tmp_path / 'a.cfg'}"])
 
 
 @pytest.mark.parametrize("argv, flag, allowed", [
@@ -107,15 +106,13 @@ def test_invalid_values_raise_naming_the_flag_and_the_allowed_values(argv, flag,
 
 
 def test_unknown_flag_stops_the_tool_with_its_name():
-    run = subprocess.run([sys.executable, "tools/model_summary.py", "--model.bacbone=vgg16"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    run = run_tool("model_summary", "--model.bacbone=vgg16", timeout=120)
     assert run.returncode == 1
     assert "model.bacbone" in run.stderr
 
 
 def test_invalid_value_stops_the_tool_with_the_allowed_values():
-    run = subprocess.run([sys.executable, "tools/model_summary.py", "--model.backbone=resnet50"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    run = run_tool("model_summary", "--model.backbone=resnet50", timeout=120)
     assert run.returncode == 1
     assert "--model.backbone=resnet50" in run.stderr and "root_resnet, vgg16" in run.stderr
 

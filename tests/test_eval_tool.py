@@ -2,20 +2,18 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+from conftest import run_tool, tiny_config
 from pycocotools import coco as coco_api
 from pycocotools import cocoeval
 
-from scratchdet_tf import evaluation, voc_io
-
-TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "eval.py")
+from scratchdet_tf.data import annotations
+from scratchdet_tf.evaluation import coco_metric, devkit
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True, timeout=120)
+    return run_tool("eval", *args, timeout=120)
 
 
 def _write(path, text):
@@ -35,25 +33,25 @@ def voc_folders(tmp_path):
     """Image 000001: dogs A and B, a difficult cat. Image 000002: cat C.
 
     Detections: dog on A (.9), again on A (.8, duplicate), on B (.7); cat on the difficult cat (.95), on C (.6).
-    dog: TP FP TP of 2 -> 11-point 28/33, area 5/6 (test_evaluation's duplicate case).
+    dog: TP FP TP of 2 -> 11-point 28/33, area 5/6 (test_voc_metric's duplicate case).
     cat: ignored, TP of 1 -> 1 and 1.  The other 18 classes have no ground truth: null, out of the mean.
     """
-    devkit, results = tmp_path / "VOCdevkit" / "VOC2007", tmp_path / "results"
+    devkit_dir, results = tmp_path / "VOCdevkit" / "VOC2007", tmp_path / "results"
     a, b, c, hard = [1, 1, 10, 10], [31, 1, 40, 10], [61, 1, 70, 10], [100, 100, 150, 150]
-    _write(str(devkit / "Annotations" / "000001.xml"), _xml([("dog", a, 0), ("dog", b, 0), ("cat", hard, 1)]))
-    _write(str(devkit / "Annotations" / "000002.xml"), _xml([("cat", c, 0)]))
-    _write(str(devkit / "ImageSets" / "Main" / "test.txt"), "000001\n000002\n")
-    for name in voc_io.VOC_CLASS_NAMES:
-        _write(voc_io.comp4_path(str(results), "test", name), "")
-    _write(voc_io.comp4_path(str(results), "test", "dog"),
+    _write(str(devkit_dir / "Annotations" / "000001.xml"), _xml([("dog", a, 0), ("dog", b, 0), ("cat", hard, 1)]))
+    _write(str(devkit_dir / "Annotations" / "000002.xml"), _xml([("cat", c, 0)]))
+    _write(str(devkit_dir / "ImageSets" / "Main" / "test.txt"), "000001\n000002\n")
+    for name in annotations.VOC_CLASS_NAMES:
+        _write(devkit.comp4_path(str(results), "test", name), "")
+    _write(devkit.comp4_path(str(results), "test", "dog"),
            "000001 0.9 1 1 10 10\n000001 0.8 1 1 10 10\n000001 0.7 31 1 40 10\n")
-    _write(voc_io.comp4_path(str(results), "test", "cat"), "000001 0.95 100 100 150 150\n000002 0.6 61 1 70 10\n")
-    return str(devkit), str(results)
+    _write(devkit.comp4_path(str(results), "test", "cat"), "000001 0.95 100 100 150 150\n000002 0.6 61 1 70 10\n")
+    return str(devkit_dir), str(results)
 
 
 def test_voc_results_last_line_is_the_metrics_json(voc_folders):
-    devkit, results = voc_folders
-    proc = _run(f"--voc_devkit={devkit}", "--image_set=test", f"--voc_results={results}", "--use_07_metric")
+    devkit_dir, results = voc_folders
+    proc = _run(f"--voc_devkit={devkit_dir}", "--image_set=test", f"--voc_results={results}", "--use_07_metric")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     metrics = json.loads(lines[-1])
@@ -68,14 +66,14 @@ def test_voc_results_last_line_is_the_metrics_json(voc_folders):
 
 
 def test_voc_errors_name_the_file(voc_folders, tmp_path):
-    devkit, results = voc_folders
-    proc = _run(f"--voc_devkit={devkit}", f"--voc_results={tmp_path / 'nowhere'}")
+    devkit_dir, results = voc_folders
+    proc = _run(f"--voc_devkit={devkit_dir}", f"--voc_results={tmp_path / 'nowhere'}")
     assert proc.returncode != 0 and "nowhere" in proc.stderr
-    bad = voc_io.comp4_path(results, "test", "cat")
+    bad = devkit.comp4_path(results, "test", "cat")
     _write(bad, "000001 0.95 100 100 150\n")
-    proc = _run(f"--voc_devkit={devkit}", f"--voc_results={results}")
+    proc = _run(f"--voc_devkit={devkit_dir}", f"--voc_results={results}")
     assert proc.returncode != 0 and f"{bad}:1:" in proc.stderr
-    proc = _run(f"--voc_devkit={devkit}", "--image_set=val", f"--voc_results={results}")
+    proc = _run(f"--voc_devkit={devkit_dir}", "--image_set=val", f"--voc_results={results}")
     assert proc.returncode != 0 and "val.txt" in proc.stderr
 
 
@@ -104,7 +102,7 @@ def test_coco_results_last_line_equals_pycocotools(tmp_path):
     proc = _run(f"--coco_gt={gt_path}", f"--coco_results={res_path}")
     assert proc.returncode == 0, proc.stderr
     stats = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert list(stats) == list(evaluation.COCO_STAT_NAMES)
+    assert list(stats) == list(coco_metric.COCO_STAT_NAMES)
     assert list(stats.values()) == coco_eval.stats.tolist()
 
     proc = _run(f"--coco_gt={tmp_path / 'missing.json'}", f"--coco_results={res_path}")
@@ -117,23 +115,18 @@ def test_no_mode_is_a_usage_error():
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def model_dir(make_shapes, tmp_path_factory):
     """A training run folder: config.json of a tiny model on a 3-image shapes split, checkpoints 1 and 2."""
     import tensorflow as tf
 
-    from scratchdet_tf import config, config_flags
-    from scratchdet_tf.data import shapes
+    from scratchdet_tf import run_dir
     from scratchdet_tf.models import ssd
 
     root = tmp_path_factory.mktemp("run")
-    shapes.write_split(str(root / "shapes"), "val", 3)
-    source = f"shapes:{root / 'shapes'}:val"
-    cfg = config.Config(model=config.ModelConfig(depth=18, width=1 / 16, image_size=64, num_classes=5),
-                        anchors=config.AnchorConfig(steps=()), data=config.DataConfig(train_source=source,
-                                                                                     val_source=source),
-                        train=config.TrainConfig(max_steps=2), eval=config.EvalConfig(batch_size=2))
+    source = f"shapes:{make_shapes(0, 3)}:val"
+    cfg = tiny_config(data__train_source=source, data__val_source=source, train__max_steps=2, eval__batch_size=2)
     run = str(root / "model")
-    config_flags.write_run_files(cfg, run)
+    run_dir.write_config(cfg, run)
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=ssd.build_model(cfg.model, cfg.anchors)), run, 2)
     manager.save(checkpoint_number=1)
     manager.save(checkpoint_number=2)

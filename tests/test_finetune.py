@@ -1,4 +1,4 @@
-"""COCO→VOC initialization: class sub-sampling of the conf head (SPEC §7), plain loads, clear errors."""
+"""COCO→VOC initialization: conf-head class sub-sampling (docs/PAPER.md#coco-to-voc), plain loads, clear errors."""
 
 import json
 import os
@@ -7,19 +7,21 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_config
 
-from scratchdet_tf import config, config_flags, finetune, voc_io
+from scratchdet_tf import config, run_dir
+from scratchdet_tf.data import annotations
 from scratchdet_tf.models import ssd
+from scratchdet_tf.training import finetune
 
-# SPEC §7, typed in from SSD's coco_voc_map.txt: VOC model class -> COCO model class (SSD contiguous, 1-based).
+# docs/PAPER.md#coco-to-voc, typed in from SSD's coco_voc_map.txt:
+# VOC model class -> COCO model class (SSD contiguous, 1-based).
 SPEC_VOC_TO_COCO = {0: 0, 1: 5, 2: 2, 3: 15, 4: 9, 5: 40, 6: 6, 7: 3, 8: 16, 9: 57, 10: 20, 11: 61, 12: 17, 13: 18,
                     14: 4, 15: 1, 16: 59, 17: 19, 18: 58, 19: 7, 20: 63}
 
 
 def tiny_cfg(num_classes, head_bn=True):
-    return config.Config(
-        model=config.ModelConfig(depth=18, width=1 / 16, image_size=64, num_classes=num_classes, head_bn=head_bn),
-        anchors=config.AnchorConfig(steps=()))
+    return tiny_config(model__num_classes=num_classes, model__head_bn=head_bn)
 
 
 def randomize(model, seed=0):
@@ -35,7 +37,7 @@ def randomize(model, seed=0):
 
 def save_run(model, cfg, model_dir):
     """A training run's folder: config.json + a CheckpointManager checkpoint holding ``model``."""
-    config_flags.write_run_files(cfg, str(model_dir))
+    run_dir.write_config(cfg, str(model_dir))
     tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(model_dir), max_to_keep=1).save(
         checkpoint_number=7)
 
@@ -53,7 +55,7 @@ def images():
 def test_class_table_is_the_spec_map_and_names_match():
     class_map = finetune.class_index_map(80, 20)
     assert dict(enumerate(class_map.tolist())) == SPEC_VOC_TO_COCO
-    assert [voc for voc, _, _ in finetune.VOC_TO_COCO] == list(voc_io.VOC_CLASS_NAMES)
+    assert [voc for voc, _, _ in finetune.VOC_TO_COCO] == list(annotations.VOC_CLASS_NAMES)
     assert len(set(class_map.tolist())) == 21
 
 

@@ -1,14 +1,19 @@
 """inference_graph: BN folding against a numpy conv+BN, and the optimized graph against the Keras model."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_config
 
-from scratchdet_tf import config, inference_graph
+from scratchdet_tf.export import inference_graph
 from scratchdet_tf.models import ssd
 
 SIZE = 64
+TINY = tiny_config(model__num_classes=3).model  # 64 px
+VGG16 = dataclasses.replace(TINY, backbone="vgg16")  # (model.depth is the Root-ResNet's: unused)
 
 
 def randomize_bn(model, seed=0):
@@ -32,14 +37,13 @@ def graph_ops(forward):
 
 
 @pytest.mark.parametrize("model_config", [
-    config.ModelConfig(depth=18, width=1 / 16, image_size=SIZE, num_classes=3),
-    config.ModelConfig(backbone="vgg16", width=1 / 16, image_size=SIZE, num_classes=3),
-    config.ModelConfig(backbone="vgg16", width=1 / 16, image_size=SIZE, num_classes=3, backbone_bn=False,
-                       head_bn=False, l2norm=True),
+    TINY,
+    VGG16,
+    dataclasses.replace(VGG16, backbone_bn=False, head_bn=False, l2norm=True),
 ], ids=["root_resnet18", "vgg16_bn", "vgg16_l2norm"])
 def test_optimized_forward_equals_the_keras_model(model_config):
     keras.utils.set_random_seed(0)
-    model = ssd.build_model(model_config, config.AnchorConfig(steps=()))
+    model = ssd.build_model(model_config, tiny_config().anchors)
     randomize_bn(model)
     bns = [layer.name for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert sorted(inference_graph.foldable_pairs(model).values()) == sorted(bns)  # every BN here follows a conv

@@ -2,16 +2,13 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_tool
 
 from scratchdet_tf import landscape
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def write_run(run_dir, points, diverged_at=None):
@@ -80,9 +77,8 @@ def test_diverged_run_ends_where_it_diverged_and_the_png_is_written(runs, tmp_pa
 
 def test_tool_plots_the_runs_and_ends_with_one_json_line(runs, tmp_path):
     out = str(tmp_path / "fig.png")
-    run = subprocess.run([sys.executable, "tools/plot_landscape.py", f"--runs={runs[0]},{runs[1]}",
-                          "--labels=BN,no BN", f"--out={out}"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+    run = run_tool("plot_landscape", f"--runs={runs[0]},{runs[1]}", "--labels=BN,no BN", f"--out={out}",
+                   timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert json.loads(run.stdout.strip().splitlines()[-1]) == {"out": out, "runs": 2}
     assert os.path.getsize(out) > 0

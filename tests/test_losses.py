@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from scratchdet_tf import losses
+from scratchdet_tf.training import losses
 
 
 def numpy_multibox(logits, deltas, cls_targets, box_targets, ratio=3.0):

@@ -5,7 +5,7 @@ their metadata names, the class names from the packed labels.txt. The tiny detec
 scratch in ~35 s (conftest.learned_run) is exported to fp32 and int8 and run by MediaPipe on
 original-size images (not square, not the input size); its detections must be the objects (right
 class name, box on the object) and agree with the project's own LiteRT runner
-(``export_tflite.tflite_predict_fn``). The images are from its 64 training images: a model trained
+(``predictor.tflite_predict_fn``). The images are from its 64 training images: a model trained
 for 35 s memorises those and does not yet generalise (with 256 images it is still on the plateau
 after the same 300 steps); the demo model's exports were checked on held-out images by hand
 (docs/EXPORT.md).
@@ -18,11 +18,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scratchdet_tf import box_ops, checkpoints, export, export_tflite, tflite_metadata
+from scratchdet_tf import run_dir
+from scratchdet_tf.boxes import box_ops
+from scratchdet_tf.export import calibration, info, predictor, tflite, tflite_metadata
 
 mp = pytest.importorskip("mediapipe")
 from mediapipe.tasks import python as mp_tasks  # noqa: E402
 from mediapipe.tasks.python import vision  # noqa: E402
+
+pytestmark = pytest.mark.slow  # trains the tiny detector (~35 s) and converts it to TFLite
 
 SCORE = 0.5
 NUM_IMAGES = 6
@@ -31,11 +35,11 @@ NUM_IMAGES = 6
 @pytest.fixture(scope="module")
 def exports(learned_run, easy_shapes, tmp_path_factory):
     cfg, model_dir, _ = learned_run
-    restored = checkpoints.restore_model(model_dir)
+    restored = run_dir.restore_model(model_dir)
     export_dir = str(tmp_path_factory.mktemp("mp_export"))
-    calibration = export_tflite.representative_images(
-        lambda: export_tflite.folder_images(os.path.join(easy_shapes, "train")), cfg.model.image_size, 32)
-    export_tflite.export_tflite(restored.model, restored.anchors, cfg, export_dir, ["fp32", "int8"], calibration)
+    representative = calibration.representative_images(
+        lambda: calibration.folder_images(os.path.join(easy_shapes, "train")), cfg.model.image_size, 32)
+    tflite.export_tflite(restored.model, restored.anchors, cfg, export_dir, ["fp32", "int8"], representative)
     # The .tflite files alone: nothing beside them says what the classes are.
     alone = str(tmp_path_factory.mktemp("alone"))
     for mode in ("fp32", "int8"):
@@ -77,10 +81,10 @@ def mediapipe_detections(path, pixels):
 @pytest.mark.parametrize("mode", ["fp32", "int8"])
 def test_mediapipe_object_detector_finds_the_objects_and_agrees_with_our_runner(exports, easy_shapes, mode):
     path = os.path.join(exports, f"model_{mode}.tflite")
-    names = export.class_names_of(path)  # from the model's own metadata: nothing lies beside it
+    names = info.class_names_of(path)  # from the model's own metadata: nothing lies beside it
     assert names == ("circle", "square", "triangle", "cross", "ring")
     assert tflite_metadata.read_metadata(path)["labels"] == names
-    ours = export.load_predict_fn(path)
+    ours = predictor.load_predict_fn(path)
     found = total = 0
     for pixels, objects in shapes_images(easy_shapes):
         theirs = mediapipe_detections(path, pixels)

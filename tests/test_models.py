@@ -3,18 +3,18 @@
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 from absl import flags
+from conftest import ROOT, run_tool, tiny_config
 
-from scratchdet_tf import config, config_flags
+from scratchdet_tf import config
+from scratchdet_tf.cli import config_flags
+from scratchdet_tf.config import flagfile
 from scratchdet_tf.models import blocks, ssd
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_MAPS = [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)]
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.cfg")) +
                  glob.glob(os.path.join(ROOT, "configs", "ablations", "*.cfg")))
@@ -23,7 +23,7 @@ CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.cfg")) +
 def load(path, *overrides):
     fv = flags.FlagValues()
     config_flags.define_flags(fv)
-    fv(["prog"] + config_flags.expand_flagfiles([f"--flagfile={path}", *overrides]))
+    fv(["prog"] + flagfile.expand([f"--flagfile={path}", *overrides]))
     return config_flags.config_from_flags(fv)
 
 
@@ -33,9 +33,8 @@ def build(cfg):
 
 
 def tiny_cfg(**model):
-    return config.Config(model=config.ModelConfig(**{"depth": 18, "width": 1 / 16, "image_size": 64,
-                                                     "num_classes": 2, **model}),
-                         anchors=config.AnchorConfig(steps=()))
+    """The tiny detector for 2 classes; ``model`` overrides fields of its ``model`` section."""
+    return tiny_config(**{"model__num_classes": 2, **{f"model__{name}": value for name, value in model.items()}})
 
 
 def test_there_is_a_config_per_paper_table_cell():
@@ -93,7 +92,7 @@ def test_tiny_root_resnet18_parameter_count_by_hand():
 
 
 @pytest.mark.parametrize("name, params, macs", [
-    ("scratchdet300_r34_voc07.cfg", 24.59e6, 33.30e9),  # SPEC §8.1
+    ("scratchdet300_r34_voc07.cfg", 24.59e6, 33.30e9),  # docs/PAPER.md#model-size
     ("scratchdet300_r18_voc07.cfg", 14.48e6, 19.81e9),
     ("scratchdet300_r34_coco.cfg", 28.19e6, 34.76e9),
 ])
@@ -221,8 +220,7 @@ def test_gaussian_head_init_draws_prediction_convs_from_n_0_001_only():
 
 
 def test_model_summary_tool_reports_paper_numbers():
-    run = subprocess.run([sys.executable, "tools/model_summary.py", "--flagfile=configs/scratchdet300_r34_voc07.cfg"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run = run_tool("model_summary", "--flagfile=configs/scratchdet300_r34_voc07.cfg")
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert abs(result["params"] - 24.59e6) / 24.59e6 < 0.005
@@ -232,8 +230,8 @@ def test_model_summary_tool_reports_paper_numbers():
 
 
 def test_zero_init_residual_blocks_start_as_their_shortcut():
-    cfg = config.ModelConfig(depth=18, width=1 / 16, image_size=64, num_classes=3, zero_init_residual=True)
-    model = ssd.build_model(cfg, config.AnchorConfig(steps=()))
+    cfg = tiny_config(model__num_classes=3, model__zero_init_residual=True)
+    model = ssd.build_model(cfg.model, cfg.anchors)
     probe = keras.Model(model.input, [model.get_layer(n).output for n in ("conv2_1_out", "conv2_2_out")])
     x = np.random.default_rng(0).normal(0, 50, (2, 64, 64, 3)).astype(np.float32)
     for training in (False, True):

@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 
-from scratchdet_tf import anchors as anchors_lib
-from scratchdet_tf import config, eval_lib, multiscale
+from scratchdet_tf import config
+from scratchdet_tf.boxes import anchors as anchors_lib
+from scratchdet_tf.evaluation import multiscale, runner
 from scratchdet_tf.models import ssd
 
 Scale = multiscale.Scale
@@ -112,10 +114,10 @@ def test_pass_sizes_follow_the_model_side_and_the_image_orientation():
 def test_priors_of_a_larger_input_keep_the_trained_pixel_sizes():
     anchor_cfg = config.AnchorConfig()  # explicit steps 8 ... 300 at 300
     maps_300 = [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)]
-    np.testing.assert_allclose(multiscale.scale_anchors(anchor_cfg, 300, 300, maps_300),
+    np.testing.assert_allclose(anchors_lib.anchors_from_config(anchor_cfg, 300, maps_300, trained_size=300),
                                anchors_lib.anchors_from_config(anchor_cfg, 300, maps_300))
     maps_660 = [(83, 83), (42, 42), (21, 21), (11, 11), (6, 6), (2, 2)]
-    priors = multiscale.scale_anchors(anchor_cfg, 300, 660, maps_660) * 660  # pixels
+    priors = anchors_lib.anchors_from_config(anchor_cfg, 660, maps_660, trained_size=300) * 660  # pixels
     first = priors[0]  # level 0, cell (0, 0), the 30-px square at the 8-px step
     np.testing.assert_allclose(first, [4 - 15, 4 - 15, 4 + 15, 4 + 15], atol=1e-4)
     second_cell = priors[4]  # 4 priors per cell at level 0
@@ -123,16 +125,14 @@ def test_priors_of_a_larger_input_keep_the_trained_pixel_sizes():
     # Derived steps (no explicit steps) follow the new input: 160 model at 352, level 0 is 44 x 44 -> 8 px.
     demo = config.AnchorConfig(steps=())
     maps = [(44, 44), (22, 22), (11, 11), (6, 6), (3, 3), (1, 1)]
-    priors = multiscale.scale_anchors(demo, 160, 352, maps) * 352
+    priors = anchors_lib.anchors_from_config(demo, 352, maps, trained_size=160) * 352
     size = 30 * 160 / 300
     np.testing.assert_allclose(priors[0], [4 - size / 2, 4 - size / 2, 4 + size / 2, 4 + size / 2], atol=1e-4)
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    cfg = config.Config(model=config.ModelConfig(depth=18, width=1 / 16, image_size=64, num_classes=3),
-                        anchors=config.AnchorConfig(steps=()),
-                        eval=config.EvalConfig(max_detections=50))
+    cfg = tiny_config(model__num_classes=3, eval__max_detections=50)
     model = ssd.build_model(cfg.model, cfg.anchors)
     return cfg, model, ssd.model_anchors(model, cfg.anchors, 64)
 
@@ -140,7 +140,7 @@ def tiny():
 def test_a_single_unflipped_full_size_pass_equals_single_scale_detection(tiny):
     cfg, model, anchors = tiny
     image = np.random.default_rng(1).integers(0, 256, (1, 50, 90, 3), dtype=np.uint8)
-    single = eval_lib.model_predict_fn(cfg, model, anchors)(image)
+    single = runner.model_predict_fn(cfg, model, anchors)(image)
     # Voting off (no IoU reaches 1.01; clipping to the image can raise two NMS survivors' IoU above 0.45).
     detector = multiscale.MultiScaleDetector(model, cfg.model, cfg.anchors, mean_rgb=cfg.data.mean_rgb,
                                              scales=[Scale(1.0, flip=False)], max_detections=50,

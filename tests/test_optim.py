@@ -4,9 +4,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_config
 
-from scratchdet_tf import config, optim
+from scratchdet_tf import config
 from scratchdet_tf.models import ssd
+from scratchdet_tf.training import optim
 
 
 @pytest.mark.parametrize("step, lr", [(0, 0.05), (44_999, 0.05), (45_000, 0.005), (74_999, 0.005),
@@ -42,8 +44,7 @@ def test_coupled_weight_decay_matches_a_hand_computed_sgd_momentum_update():
 
 def test_decay_covers_kernels_and_backbone_bn_but_not_head_bn_or_biases():
     keras.backend.clear_session()
-    cfg = config.Config(model=config.ModelConfig(depth=18, width=1 / 16, image_size=64, num_classes=2),
-                        anchors=config.AnchorConfig(steps=()))
+    cfg = tiny_config(model__num_classes=2)
     model = ssd.build_model(cfg.model, cfg.anchors)
     decayed = {id(v) for v in optim.decayed_variables(model)}
     for layer in model.layers:

@@ -8,20 +8,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from scratchdet_tf import anchors as anchors_lib
-from scratchdet_tf import config, targets
-from scratchdet_tf.data import pipeline, shapes
+from scratchdet_tf import config
+from scratchdet_tf.boxes import anchors as anchors_lib
+from scratchdet_tf.boxes import targets
+from scratchdet_tf.data import class_names, pipeline, shapes
 
 SIZE = 64
 MAX_BOXES = 8
 
 
 @pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("shapes"))
-    shapes.write_split(root, "train", 8, seed=1)
-    shapes.write_split(root, "val", 5, seed=1)
-    return root
+def shapes_dir(make_shapes):
+    """8 training images (4 batches of 2 an epoch) and 5 validation images (batches of 2, 2, 1), seed 1."""
+    return make_shapes(8, 5, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -129,9 +128,12 @@ def test_bad_images_are_skipped_and_reported_every_epoch(shapes_dir, priors, tmp
 
 
 def test_class_names_come_from_the_source_and_must_match_the_config(shapes_dir, priors):
-    assert pipeline.class_names(data_config(f"shapes:{shapes_dir}")) == shapes.CLASS_NAMES
+    def names(data_cfg):
+        return class_names.for_config(config.Config(data=data_cfg, model=config.ModelConfig(num_classes=5)))
+
+    assert names(data_config(f"shapes:{shapes_dir}")) == shapes.CLASS_NAMES
     cfg = data_config(f"shapes:{shapes_dir}", class_names=("a", "b", "c", "d", "e"))
-    assert pipeline.class_names(cfg) == ("a", "b", "c", "d", "e")
+    assert names(cfg) == ("a", "b", "c", "d", "e")
     with pytest.raises(ValueError, match="circle"):
         pipeline.make_dataset(cfg, priors, training=True, image_size=SIZE, batch_size=2)
 

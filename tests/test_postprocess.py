@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from scratchdet_tf import anchors as anchors_lib
-from scratchdet_tf import config, postprocess
+from scratchdet_tf import config
+from scratchdet_tf.boxes import anchors as anchors_lib
+from scratchdet_tf.boxes import postprocess
 
 VOC300_FEATURE_MAPS = [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)]
 

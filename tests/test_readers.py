@@ -10,6 +10,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from scratchdet_tf.cli import detect as detect_tool
 from scratchdet_tf.data import annotations, images, readers
 
 VOC_XML = """<annotation><size><width>{w}</width><height>{h}</height><depth>3</depth></size>{objects}</annotation>"""
@@ -290,8 +291,8 @@ def test_coco_duplicate_image_ids_are_an_error_naming_them(tmp_path):
 
 
 def test_training_on_a_source_without_any_object_is_an_error(tmp_path):
-    from scratchdet_tf import anchors as anchors_lib
     from scratchdet_tf import config
+    from scratchdet_tf.boxes import anchors as anchors_lib
     from scratchdet_tf.data import pipeline
 
     path, image_dir = write_coco(tmp_path, [(1, "x.jpg", 20, 40)], [])
@@ -376,11 +377,9 @@ def test_pixel_limit_defaults_agree():
     assert config.DataConfig().max_image_pixels == images.DEFAULT_MAX_PIXELS == annotations.DEFAULT_MAX_PIXELS
 
 
-def test_exif_orientation_is_ignored_alike_by_readers_serving_and_detect(tmp_path, monkeypatch):
+def test_exif_orientation_is_ignored_alike_by_readers_serving_and_detect(tmp_path):
     # The convention (README, Data): pixels as stored, like COCO's and VOC's annotations; the same in
     # training/evaluation (readers), serving (images.decode inside the SavedModel) and tools/detect.py.
-    import importlib.util
-
     pixels = np.zeros((20, 40, 3), np.uint8)
     pixels[:, :20] = (250, 10, 10)  # left half red: a 90-degree turn would move it
     exif = Image.Exif()
@@ -391,11 +390,6 @@ def test_exif_orientation_is_ignored_alike_by_readers_serving_and_detect(tmp_pat
         assert stored.getexif()[0x0112] == 6
     from_reader = as_list(readers.read(f"coco:{path}:{image_dir}", training=False)[0])[0]["image"]
     served = images.decode(tf.constant(open(os.path.join(image_dir, "turned.jpg"), "rb").read())).numpy()
-    tools = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
-    monkeypatch.syspath_prepend(tools)  # the tool imports its sibling _bootstrap
-    spec = importlib.util.spec_from_file_location("detect_tool", os.path.join(tools, "detect.py"))
-    detect_tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(detect_tool)
     detected = detect_tool.read_image(os.path.join(image_dir, "turned.jpg"))
     for got in (from_reader, served, detected):
         assert got.shape == (20, 40, 3)

@@ -13,11 +13,10 @@ import time
 
 import pytest
 import tensorflow as tf
-from conftest import tiny_train_config
+from conftest import ROOT, cli_flags, run_tool, tiny_train_config, tool_command
 
-from scratchdet_tf import checkpoints, config, run_dir, train_lib
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from scratchdet_tf import config, run_dir
+from scratchdet_tf.training import train_lib
 
 
 def tiny_cfg(shapes_dir, **train):
@@ -45,8 +44,8 @@ def test_a_second_owner_is_refused_and_the_lock_dies_with_its_owner(tmp_path):
         pass
     # A holder killed with SIGKILL runs no cleanup; the kernel drops its flock all the same.
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, sys.argv[1]); from scratchdet_tf import run_dir\n"
-        "with run_dir.RunLock(sys.argv[2]):\n    print('locked', flush=True); time.sleep(60)"), ROOT, model_dir],
+        "import sys, time; from scratchdet_tf import run_dir\n"
+        "with run_dir.RunLock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(60)"), model_dir],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(run_dir.RunDirError, match=rf"pid {holder.pid} "):
@@ -69,6 +68,7 @@ def test_model_dir_that_is_a_file_is_one_clear_error(tmp_path):
 # --- resuming from what is on disk ---
 
 
+@pytest.mark.slow
 def test_missing_index_resumes_from_the_newest_checkpoint_and_keeps_the_others(shapes_dir, tmp_path):
     model_dir = str(tmp_path)
     train_lib.train(tiny_cfg(shapes_dir), model_dir)
@@ -81,13 +81,14 @@ def test_missing_index_resumes_from_the_newest_checkpoint_and_keeps_the_others(s
     assert os.path.basename(tf.train.latest_checkpoint(model_dir)) == "ckpt-6"
 
 
+@pytest.mark.slow
 def test_truncated_newest_checkpoint_is_skipped_for_the_previous_one(shapes_dir, tmp_path, caplog):
     model_dir = str(tmp_path)
     train_lib.train(tiny_cfg(shapes_dir), model_dir)
     data = os.path.join(model_dir, "ckpt-4.data-00000-of-00001")
     with open(data, "r+b") as f:
         f.truncate(os.path.getsize(data) // 2)
-    restored = checkpoints.restore_model(model_dir)  # evaluation / export fall back the same way
+    restored = run_dir.restore_model(model_dir)  # evaluation / export fall back the same way
     assert os.path.basename(restored.checkpoint) == "ckpt-2" and restored.step == 2
     assert "ckpt-4 is unreadable" in caplog.text
     result = train_lib.train(tiny_cfg(shapes_dir, max_steps=6), model_dir)
@@ -115,6 +116,7 @@ def test_no_readable_checkpoint_stops_and_touches_nothing(shapes_dir, tmp_path):
 # --- the run's configuration ---
 
 
+@pytest.mark.slow
 def test_relaunch_may_extend_but_not_change_the_computation(shapes_dir, tmp_path):
     model_dir = str(tmp_path)
     train_lib.train(tiny_cfg(shapes_dir), model_dir)
@@ -140,6 +142,7 @@ def test_relaunch_may_extend_but_not_change_the_computation(shapes_dir, tmp_path
 # --- failed saves ---
 
 
+@pytest.mark.slow
 def test_failed_save_leaves_no_partial_checkpoint_and_keeps_the_earlier_ones(shapes_dir, tmp_path, monkeypatch):
     model_dir = str(tmp_path)
     train_lib.train(tiny_cfg(shapes_dir), model_dir)
@@ -164,26 +167,24 @@ def test_failed_save_leaves_no_partial_checkpoint_and_keeps_the_earlier_ones(sha
 
 
 def _tool(shapes_dir, model_dir, *extra):
-    return [sys.executable, "tools/train.py", f"--model_dir={model_dir}", "--model.depth=10", "--model.width=0.0625",
-            "--model.image_size=64", "--model.num_classes=5", "--anchors.steps=",
-            f"--data.train_source=shapes:{shapes_dir}", f"--data.val_source=shapes:{shapes_dir}",
-            "--data.shuffle_buffer=16", "--train.batch_size=4", "--train.learning_rate=0.01",
-            "--train.lr_boundaries=", "--train.log_every_steps=1", *extra]
+    """tools/train.py's arguments for the tiny config at depth 10, not deterministic, logging every step."""
+    cfg = config.replace(tiny_train_config(shapes_dir, depth=10, deterministic=False), data__deterministic=False)
+    return [f"--model_dir={model_dir}", *cli_flags(cfg), *extra]
 
 
+@pytest.mark.slow
 def test_second_launch_is_refused_and_sigterm_saves_the_current_step(shapes_dir, tmp_path):
     model_dir = tmp_path / "run"
     steps = ["--train.max_steps=100000", "--train.checkpoint_every_steps=100000"]
-    proc = subprocess.Popen(_tool(shapes_dir, model_dir, *steps), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(tool_command("train", *_tool(shapes_dir, model_dir, *steps)), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = model_dir / "training_log.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and not (log.exists() and log.read_text().count("\n") >= 3):
         time.sleep(0.1)
     assert proc.poll() is None, proc.stderr.read()[-2000:]
 
-    second = subprocess.run(_tool(shapes_dir, model_dir, *steps), cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)
+    second = run_tool("train", *_tool(shapes_dir, model_dir, *steps))
     assert second.returncode == 1
     assert f"in use by another trainer (pid {proc.pid} on " in second.stderr
     assert "Traceback" not in second.stderr
@@ -199,9 +200,8 @@ def test_second_launch_is_refused_and_sigterm_saves_the_current_step(shapes_dir,
     assert os.path.isfile(model_dir / f"ckpt-{stopped}.index")  # saved at the step it stopped, not before
     assert f"saved {model_dir}/ckpt-{stopped} at step {stopped}" in err
 
-    resumed = subprocess.run(_tool(shapes_dir, model_dir, f"--train.max_steps={stopped + 2}",
-                                   "--train.checkpoint_every_steps=100000"),
-                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    resumed = run_tool("train", *_tool(shapes_dir, model_dir, f"--train.max_steps={stopped + 2}",
+                                       "--train.checkpoint_every_steps=100000"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     final = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert final["step"] == stopped + 2 and final["steps_this_run"] == 2
@@ -214,9 +214,8 @@ def test_second_launch_is_refused_and_sigterm_saves_the_current_step(shapes_dir,
 ])
 def test_bad_data_source_is_one_line_and_leaves_no_folder(tmp_path, source, message):
     model_dir = tmp_path / "run"
-    run = subprocess.run(_tool("unused", model_dir, f"--data.train_source={source}",
-                               f"--data.tfds_data_dir={tmp_path}"), cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
+    run = run_tool("train", *_tool("unused", model_dir, f"--data.train_source={source}",
+                                   f"--data.tfds_data_dir={tmp_path}"))
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1].startswith(message), run.stderr[-1500:]
     assert "Traceback" not in run.stderr

@@ -2,16 +2,13 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import run_tool
 from pycocotools import coco as coco_api
 
 from scratchdet_tf.data import shapes
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_split_is_valid_coco_and_follows_the_recipe(tmp_path):
@@ -54,8 +51,7 @@ def test_box_is_tight_around_the_topmost_drawn_shape():
 
 
 def test_make_shapes_tool_prints_json_last(tmp_path):
-    out = subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_shapes.py"), f"--out_dir={tmp_path}",
-                          "--num_train=3", "--num_val=2", "--seed=1"], capture_output=True, text=True, check=True)
+    out = run_tool("make_shapes", f"--out_dir={tmp_path}", "--num_train=3", "--num_val=2", "--seed=1", check=True)
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["num_train"] == 3 and summary["num_val"] == 2 and summary["seconds"] >= 0
     for split, n in (("train", 3), ("val", 2)):
@@ -83,6 +79,5 @@ def test_bad_object_options_are_named(tmp_path):
         shapes.write_dataset(str(tmp_path), 1, 1, object_size=(0.5, 0.2))
     with pytest.raises(ValueError, match="max_objects"):
         shapes.write_dataset(str(tmp_path), 1, 1, max_objects=0)
-    run = subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_shapes.py"), f"--out_dir={tmp_path}",
-                          "--object_size=0.3"], capture_output=True, text=True)
+    run = run_tool("make_shapes", f"--out_dir={tmp_path}", "--object_size=0.3")
     assert run.returncode != 0 and "--object_size takes two numbers" in run.stderr

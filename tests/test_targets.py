@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from scratchdet_tf import anchors as anchors_lib
-from scratchdet_tf import config, targets
+from scratchdet_tf import config
+from scratchdet_tf.boxes import anchors as anchors_lib
+from scratchdet_tf.boxes import targets
 
 VOC300_FEATURE_MAPS = [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)]
 

@@ -6,34 +6,31 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import keras
 import numpy as np
 import pytest
 from absl import flags
-from conftest import tiny_train_config
+from conftest import ROOT, cli_flags, run_tool, tiny_train_config, tool_command
 
-from scratchdet_tf import checkpoints, config, config_flags, losses, train_lib
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_cfg(shapes_dir, **train):
-    return tiny_train_config(shapes_dir, **train)
+from scratchdet_tf import config, run_dir
+from scratchdet_tf.cli import config_flags
+from scratchdet_tf.config import flagfile
+from scratchdet_tf.training import losses, train_lib
 
 
 def weights(model_dir):
     keras.backend.clear_session()
-    return checkpoints.restore_model(model_dir).model.get_weights()
+    return run_dir.restore_model(model_dir).model.get_weights()
 
 
+@pytest.mark.slow
 def test_two_mirrored_replicas_agree_with_one_device_on_the_same_global_batch(shapes_dir, tmp_path):
     # Without BN nothing couples the images of a batch, so 2 replicas x 2 images must reproduce
     # one device x 4 images: loss normalized by the global positives, one gradient sum, one update.
     def cfg(**train):
-        return config.replace(tiny_cfg(shapes_dir, learning_rate=1e-3, **train), model__backbone_bn=False,
+        return config.replace(tiny_train_config(shapes_dir, learning_rate=1e-3, **train), model__backbone_bn=False,
                               model__head_bn=False)
 
     one = train_lib.train(cfg(), str(tmp_path / "one"))
@@ -44,26 +41,29 @@ def test_two_mirrored_replicas_agree_with_one_device_on_the_same_global_batch(sh
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_synchronized_bn_over_two_replicas_matches_one_device_bn(shapes_dir, tmp_path):
-    one = train_lib.train(tiny_cfg(shapes_dir, max_steps=1, sync_bn=True), str(tmp_path / "one"))
-    two = train_lib.train(tiny_cfg(shapes_dir, max_steps=1, sync_bn=True, strategy="mirrored",
+    one = train_lib.train(tiny_train_config(shapes_dir, max_steps=1, sync_bn=True), str(tmp_path / "one"))
+    two = train_lib.train(tiny_train_config(shapes_dir, max_steps=1, sync_bn=True, strategy="mirrored",
                                    devices=("/cpu:0", "/cpu:1")), str(tmp_path / "two"))
     # Keras' synchronized BN computes moments as E[x^2] - E[x]^2: equal up to float rounding.
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-4)
     assert two["weights_l1"] == pytest.approx(one["weights_l1"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_xla_and_plain_steps_give_the_same_loss(shapes_dir, tmp_path):
-    plain = train_lib.train(tiny_cfg(shapes_dir, max_steps=1), str(tmp_path / "plain"))
-    xla = train_lib.train(tiny_cfg(shapes_dir, max_steps=1, jit_compile=True, deterministic=False),
+    plain = train_lib.train(tiny_train_config(shapes_dir, max_steps=1), str(tmp_path / "plain"))
+    xla = train_lib.train(tiny_train_config(shapes_dir, max_steps=1, jit_compile=True, deterministic=False),
                           str(tmp_path / "xla"))
     assert xla["loss"] == pytest.approx(plain["loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_resumed_run_continues_at_its_step_and_ends_with_the_same_weights(shapes_dir, tmp_path):
-    whole = train_lib.train(tiny_cfg(shapes_dir, max_steps=4), str(tmp_path / "whole"))
-    first = train_lib.train(tiny_cfg(shapes_dir, max_steps=2), str(tmp_path / "split"))
-    second = train_lib.train(tiny_cfg(shapes_dir, max_steps=4), str(tmp_path / "split"))
+    whole = train_lib.train(tiny_train_config(shapes_dir, max_steps=4), str(tmp_path / "whole"))
+    first = train_lib.train(tiny_train_config(shapes_dir, max_steps=2), str(tmp_path / "split"))
+    second = train_lib.train(tiny_train_config(shapes_dir, max_steps=4), str(tmp_path / "split"))
     assert (first["step"], second["step"], second["steps_this_run"]) == (2, 4, 2)
     assert second["loss"] == whole["loss"]
     for a, b in zip(weights(tmp_path / "whole"), weights(tmp_path / "split")):
@@ -71,19 +71,20 @@ def test_resumed_run_continues_at_its_step_and_ends_with_the_same_weights(shapes
 
 
 def test_run_writes_config_json_and_a_rerunnable_flagfile(shapes_dir, tmp_path):
-    cfg = tiny_cfg(shapes_dir, max_steps=1)
+    cfg = tiny_train_config(shapes_dir, max_steps=1)
     train_lib.train(cfg, str(tmp_path))
     fv = flags.FlagValues()
     config_flags.define_flags(fv)
-    fv(["prog"] + config_flags.expand_flagfiles([f"--flagfile={tmp_path / 'flags.cfg'}"]))
-    assert config_flags.config_from_flags(fv) == cfg == checkpoints.load_config(str(tmp_path))
+    fv(["prog"] + flagfile.expand([f"--flagfile={tmp_path / 'flags.cfg'}"]))
+    assert config_flags.config_from_flags(fv) == cfg == run_dir.load_config(str(tmp_path))
     assert glob.glob(str(tmp_path / "train" / "events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_periodic_eval_writes_metrics_and_drawn_images_to_tensorboard(shapes_dir, tmp_path):
     import tensorflow as tf
 
-    result = train_lib.train(tiny_cfg(shapes_dir, max_steps=2, eval_every_steps=2), str(tmp_path))
+    result = train_lib.train(tiny_train_config(shapes_dir, max_steps=2, eval_every_steps=2), str(tmp_path))
     assert result["status"] == "finished"
     tags = set()
     for path in glob.glob(str(tmp_path / "eval" / "events.out.tfevents.*")):
@@ -98,9 +99,10 @@ def test_periodic_eval_writes_metrics_and_drawn_images_to_tensorboard(shapes_dir
             "grad_norm_fluctuation", "skipped_steps"} <= train_tags
 
 
+@pytest.mark.slow
 def test_divergence_guard_skips_non_finite_steps_and_keeps_the_last_good_checkpoint(shapes_dir, tmp_path,
                                                                                         monkeypatch):
-    good = train_lib.train(tiny_cfg(shapes_dir, max_steps=2), str(tmp_path))
+    good = train_lib.train(tiny_train_config(shapes_dir, max_steps=2), str(tmp_path))
     before = weights(tmp_path)
     real_loss = losses.multibox_loss
 
@@ -109,18 +111,19 @@ def test_divergence_guard_skips_non_finite_steps_and_keeps_the_last_good_checkpo
         return {**sums, "cls_loss_sum": sums["cls_loss_sum"] * float("nan")}
 
     monkeypatch.setattr(losses, "multibox_loss", nan_loss)
-    bad = train_lib.train(tiny_cfg(shapes_dir, max_steps=20, max_bad_steps=3), str(tmp_path))
+    bad = train_lib.train(tiny_train_config(shapes_dir, max_steps=20, max_bad_steps=3), str(tmp_path))
     assert good["status"] == "finished" and bad["status"] == "diverged"
     assert bad["step"] == 5 and bad["skipped_steps"] == 3  # diverged at step 5: steps 3, 4, 5 were bad
-    assert os.path.basename(checkpoints.restore_model(str(tmp_path)).checkpoint) == "ckpt-2"
+    assert os.path.basename(run_dir.restore_model(str(tmp_path)).checkpoint) == "ckpt-2"
     for a, b in zip(before, weights(tmp_path)):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_init_checkpoint_loads_weights_but_starts_at_step_zero(shapes_dir, tmp_path):
-    train_lib.train(tiny_cfg(shapes_dir, max_steps=2), str(tmp_path / "source"))
+    train_lib.train(tiny_train_config(shapes_dir, max_steps=2), str(tmp_path / "source"))
     source_weights = weights(tmp_path / "source")
-    cfg = tiny_cfg(shapes_dir, max_steps=1, learning_rate=1e-12, weight_decay=0.0,
+    cfg = tiny_train_config(shapes_dir, max_steps=1, learning_rate=1e-12, weight_decay=0.0,
                    init_checkpoint=str(tmp_path / "source"))
     result = train_lib.train(cfg, str(tmp_path / "target"))
     assert result["step"] == 1 and result["steps_this_run"] == 1
@@ -131,48 +134,46 @@ def test_init_checkpoint_loads_weights_but_starts_at_step_zero(shapes_dir, tmp_p
 
 
 def test_batch_that_does_not_divide_over_replicas_is_a_config_error(shapes_dir, tmp_path):
-    cfg = tiny_cfg(shapes_dir, batch_size=3, strategy="mirrored", devices=("/cpu:0", "/cpu:1"))
+    cfg = tiny_train_config(shapes_dir, batch_size=3, strategy="mirrored", devices=("/cpu:0", "/cpu:1"))
     with pytest.raises(config.ConfigError, match="--train.batch_size=3"):
         train_lib.train(cfg, str(tmp_path))
 
 
-def _tool_args(shapes_dir, model_dir, *extra):
-    return [sys.executable, "tools/train.py", f"--model_dir={model_dir}", "--model.depth=18", "--model.width=0.0625",
-            "--model.image_size=64", "--model.num_classes=5", "--anchors.steps=",
-            f"--data.train_source=shapes:{shapes_dir}", f"--data.val_source=shapes:{shapes_dir}",
-            "--data.deterministic=true", "--data.shuffle_buffer=16", "--train.batch_size=4",
-            "--train.learning_rate=0.01", "--train.lr_boundaries=", "--train.deterministic=true", *extra]
+def _train_args(shapes_dir, model_dir, *extra):
+    """tools/train.py's arguments for the tiny training config (logging at the default interval)."""
+    cfg = tiny_train_config(shapes_dir, log_every_steps=config.TrainConfig.log_every_steps)
+    return [f"--model_dir={model_dir}", *cli_flags(cfg), *extra]
 
 
 def _last_json(stdout):
     return json.loads(stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_sigkilled_run_resumes_with_nothing_lost(shapes_dir, tmp_path):
     steps = ["--train.max_steps=6", "--train.checkpoint_every_steps=2"]
-    whole = subprocess.run(_tool_args(shapes_dir, tmp_path / "whole", *steps), cwd=ROOT, capture_output=True,
-                           text=True, timeout=300)
+    whole = run_tool("train", *_train_args(shapes_dir, tmp_path / "whole", *steps))
     assert whole.returncode == 0, whole.stderr[-2000:]
     killed_dir = tmp_path / "killed"
-    proc = subprocess.Popen(_tool_args(shapes_dir, killed_dir, *steps, "--train.log_every_steps=1"), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(tool_command("train", *_train_args(shapes_dir, killed_dir, *steps,
+                                                               "--train.log_every_steps=1")),
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not glob.glob(str(killed_dir / "ckpt-2.index")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    resumed = subprocess.run(_tool_args(shapes_dir, killed_dir, *steps), cwd=ROOT, capture_output=True, text=True,
-                             timeout=300)
+    resumed = run_tool("train", *_train_args(shapes_dir, killed_dir, *steps))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _last_json(resumed.stdout)["step"] == 6
     assert _last_json(resumed.stdout)["steps_this_run"] < 6
     assert _last_json(resumed.stdout)["weights_l1"] == _last_json(whole.stdout)["weights_l1"]
 
 
+@pytest.mark.slow
 def test_train_tool_exits_nonzero_and_says_diverged(shapes_dir, tmp_path):
-    run = subprocess.run(_tool_args(shapes_dir, tmp_path, "--train.max_steps=30", "--train.max_bad_steps=2",
-                                    "--train.learning_rate=1e30"),
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run = run_tool("train", *_train_args(shapes_dir, tmp_path, "--train.max_steps=30", "--train.max_bad_steps=2",
+                                         "--train.learning_rate=1e30"))
     assert run.returncode == 1
     result = _last_json(run.stdout)
     assert result["status"] == "diverged"
@@ -185,6 +186,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_multi_worker_run_keeps_replicas_in_sync(shapes_dir, tmp_path):
     ports = [_free_port(), _free_port()]
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
@@ -192,7 +194,8 @@ def test_two_process_multi_worker_run_keeps_replicas_in_sync(shapes_dir, tmp_pat
     for index in range(2):
         env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
         procs.append(subprocess.Popen(
-            _tool_args(shapes_dir, tmp_path, "--train.max_steps=3", "--train.strategy=multi_worker"),
+            tool_command("train", *_train_args(shapes_dir, tmp_path, "--train.max_steps=3",
+                                               "--train.strategy=multi_worker")),
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outs):
@@ -201,18 +204,19 @@ def test_two_process_multi_worker_run_keeps_replicas_in_sync(shapes_dir, tmp_pat
     assert chief["step"] == worker["step"] == 3
     assert (chief["worker"], worker["worker"]) == (0, 1)
     assert chief["weights_l1"] == worker["weights_l1"]
-    assert os.path.basename(checkpoints.restore_model(str(tmp_path)).checkpoint) == "ckpt-3"
+    assert os.path.basename(run_dir.restore_model(str(tmp_path)).checkpoint) == "ckpt-3"
 
 
 PAPER_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "scratchdet300_*.cfg")) +
                        glob.glob(os.path.join(ROOT, "configs", "ablations", "*.cfg")))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
 def test_paper_config_trains_two_steps_at_its_real_size(path, shapes_dir, tmp_path):
     fv = flags.FlagValues()
     config_flags.define_flags(fv)
-    fv(["prog"] + config_flags.expand_flagfiles([
+    fv(["prog"] + flagfile.expand([
         f"--flagfile={path}", f"--data.train_source=shapes:{shapes_dir}", "--train.batch_size=2",
         "--train.max_steps=2", "--train.init_checkpoint="]))
     cfg = config_flags.config_from_flags(fv)

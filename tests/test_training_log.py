@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scratchdet_tf import plots, training_log
+from scratchdet_tf import plots
+from scratchdet_tf.training import training_log
 
 
 def test_log_appends_records_and_a_resume_drops_steps_after_its_checkpoint(tmp_path):

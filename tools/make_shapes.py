@@ -1,44 +1,9 @@
 """Writes the synthetic shapes dataset: D/train and D/val, each COCO instances.json + JPEGs.
 
-    python tools/make_shapes.py --out_dir=/tmp/shapes [--num_train=2000 --num_val=300 --seed=0]
-    python tools/make_shapes.py --out_dir=data/shapes_large --object_size=0.25,0.6 --max_objects=3  # easier
-
-Read it with ``--data.train_source=shapes:/tmp/shapes`` (val split for evaluation).
+The code is ``scratchdet_tf/cli/make_shapes.py``; ``scratchdet make_shapes ...`` runs the same. Usage: ``--help``.
 """
 
-import json
-import time
-
-import _bootstrap  # noqa: F401  (puts the checkout on sys.path)
-
-from absl import app, flags
-
-from scratchdet_tf.data import shapes
-
-flags.DEFINE_string("out_dir", None, "Dataset root; train/ and val/ are written under it.", required=True)
-flags.DEFINE_integer("num_train", 2000, "Training images.")
-flags.DEFINE_integer("num_val", 300, "Validation images.")
-flags.DEFINE_integer("seed", 0, "Dataset seed; the same seed writes the same files.")
-flags.DEFINE_list("object_size", ["0.05", "0.6"], "min,max object side as a fraction of the image's shorter side.")
-flags.DEFINE_integer("max_objects", 6, "Objects per image: 1..max_objects.")
-
-
-def main(argv):
-    del argv
-    f = flags.FLAGS
-    start = time.perf_counter()
-    try:
-        object_size = tuple(float(v) for v in f.object_size)
-        if len(object_size) != 2:
-            raise ValueError(f"--object_size takes two numbers min,max; got {f.object_size}")
-        shapes.write_dataset(f.out_dir, num_train=f.num_train, num_val=f.num_val, seed=f.seed,
-                             object_size=object_size, max_objects=f.max_objects)
-    except ValueError as err:
-        raise app.UsageError(str(err)) from None
-    print(json.dumps({"out_dir": f.out_dir, "num_train": f.num_train, "num_val": f.num_val,
-                      "object_size": list(object_size), "max_objects": f.max_objects,
-                      "seconds": round(time.perf_counter() - start, 2)}))
-
+from scratchdet_tf.cli import make_shapes
 
 if __name__ == "__main__":
-    app.run(main)
+    make_shapes.run()

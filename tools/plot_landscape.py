@@ -1,45 +1,9 @@
 """Plots the optimization landscape of training runs (paper Figures 1 and 7) into one PNG.
 
-    python tools/plot_landscape.py --runs=runs/table1_mini/table1_none_lr0.001,runs/table1_mini/table1_both_lr0.01 \
-        --labels="no BN lr 0.001,BN both lr 0.01" --out=docs/landscape_mini.png
-
-Three panels from each run's TensorBoard scalars (<run>/train): training loss, gradient L2 norm, and the
-gradient-norm fluctuation smoothed by a debiased exponential moving average (--smoothing). Diverged runs
-end where they diverged (marked x). Last line: one JSON object {"out": ..., "runs": n}.
+The code is ``scratchdet_tf/cli/plot_landscape.py``; ``scratchdet plot_landscape ...`` runs the same. Usage: ``--help``.
 """
 
-import json
-import sys
-
-import _bootstrap  # noqa: F401  (sys.path for a source checkout)
-
-from absl import app, flags
-
-from scratchdet_tf import landscape
-
-flags.DEFINE_list("runs", None, "Training model_dirs, comma-separated.", required=True)
-flags.DEFINE_list("labels", [], "Legend labels, one per run (default: the folder names).")
-flags.DEFINE_string("out", None, "PNG to write.", required=True)
-flags.DEFINE_float("smoothing", 0.9, "EMA factor in [0, 1) for the fluctuation panel.")
-flags.DEFINE_bool("log_scale", True, "Logarithmic y axes.")
-flags.DEFINE_string("title", "", "Figure title.")
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if FLAGS.labels and len(FLAGS.labels) != len(FLAGS.runs):
-        raise app.UsageError(f"{len(FLAGS.labels)} --labels for {len(FLAGS.runs)} --runs")
-    labels = FLAGS.labels or [None] * len(FLAGS.runs)
-    try:
-        runs = [landscape.load_run(path, label) for path, label in zip(FLAGS.runs, labels)]
-        out = landscape.plot_landscape(runs, FLAGS.out, smoothing=FLAGS.smoothing, log_scale=FLAGS.log_scale,
-                                       title=FLAGS.title)
-    except (OSError, ValueError) as e:
-        sys.exit(f"plot_landscape.py: error: {e}")
-    print(json.dumps({"out": out, "runs": len(runs)}))
-
+from scratchdet_tf.cli import plot_landscape
 
 if __name__ == "__main__":
-    app.run(main)
+    plot_landscape.run()

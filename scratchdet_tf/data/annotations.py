@@ -29,6 +29,11 @@ import defusedxml.ElementTree
 import numpy as np
 from PIL import Image
 
+# The 20 PASCAL VOC classes in the devkit's label order.
+VOC_CLASS_NAMES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+                   "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+                   "tvmonitor")
+
 # Boxes may stick out of the image by float slop; only more than this (pixels) is reported.
 _CLIP_TOLERANCE_PX = 1.0
 

@@ -1,6 +1,6 @@
 """SSD-Caffe training augmentation and the evaluation transform, as pure stateless TF ops.
 
-Training (SPEC §5, Caffe order): photometric distortion -> expansion (zoom out onto a
+Training (docs/PAPER.md#augmentation, Caffe order): photometric distortion -> expansion (zoom out onto a
 mean-filled canvas) -> min-IoU crop (7 samplers) -> warp resize with a random
 interpolation -> horizontal flip -> mean subtraction. Every random draw is a
 ``tf.random.stateless_*`` op keyed by a seed derived from one per-element seed [2], so
@@ -28,9 +28,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import tensorflow as tf
 
-from scratchdet_tf import box_ops
+from scratchdet_tf.boxes import box_ops
 
 # tf.image.resize methods standing in for OpenCV's linear, area, nearest, cubic, lanczos4.
 INTERPOLATIONS = ("bilinear", "area", "nearest", "bicubic", "lanczos3")
@@ -307,15 +308,21 @@ def augment_train(image, boxes, labels, difficult, seed, *, image_size, mean_rgb
 
 
 def transform_eval(image, *, image_size, mean_rgb):
-    """Evaluation transform: bilinear warp to [S, S] and mean subtraction (boxes unchanged).
+    """The evaluation transform: bilinear warp to S x S and mean subtraction (boxes unchanged).
+
+    The one definition used by evaluation, the serving signatures, multi-scale testing and TFLite
+    calibration (``mean_rgb`` 0 there: the model subtracts it).
 
     Args:
-      image: uint8 [H, W, 3].
-      image_size: S.
+      image: uint8 (or float) [H, W, 3], or a batch [B, H, W, 3].
+      image_size: S, or an [h, w] pair / int32 [2] tensor for a non-square warp.
       mean_rgb: 3 floats.
 
     Returns:
-      float32 [S, S, 3].
+      float32 [S, S, 3] ([B, S, S, 3] for a batch).
     """
-    image = tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size], method="bilinear")
-    return tf.ensure_shape(image - tf.constant(mean_rgb, tf.float32), [image_size, image_size, 3])
+    square = isinstance(image_size, (int, np.integer))
+    size = [image_size, image_size] if square else image_size
+    image = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear")
+    image = image - tf.constant(mean_rgb, tf.float32)
+    return tf.ensure_shape(image, [*([None] * (image.shape.rank - 3)), image_size, image_size, 3]) if square else image

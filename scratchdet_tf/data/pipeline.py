@@ -24,15 +24,8 @@ from typing import Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from scratchdet_tf import targets
+from scratchdet_tf.boxes import targets
 from scratchdet_tf.data import augment, images, readers
-
-
-def class_names(data_cfg) -> Tuple[str, ...]:
-    """The class names of ``data_cfg.train_source`` (``data_cfg.class_names`` if set); C = len()."""
-    if data_cfg.class_names:
-        return tuple(data_cfg.class_names)
-    return readers.source_info(data_cfg.train_source, tfds_data_dir=data_cfg.tfds_data_dir).class_names
 
 
 def pad_ground_truth(boxes, labels, difficult, max_boxes: int):

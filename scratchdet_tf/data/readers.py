@@ -33,7 +33,6 @@ from typing import List, Tuple
 import numpy as np
 import tensorflow as tf
 
-from scratchdet_tf import voc_io
 from scratchdet_tf.data import annotations, images
 
 SCHEMES = ("tfds", "voc", "coco", "shapes")
@@ -106,6 +105,15 @@ def _parse(part: str, training: bool):
     return "coco", (os.path.join(root, split, "instances.json"), os.path.join(root, split))
 
 
+def instances_json(source: str) -> str | None:
+    """The COCO instances JSON of a single ``coco:`` or ``shapes:`` source (its evaluation split), else None."""
+    parts = split_sources(source)
+    if len(parts) != 1 or parts[0].split(":", 1)[0] not in ("coco", "shapes"):
+        return None
+    _, (json_path, _) = _parse(parts[0], training=False)
+    return json_path
+
+
 def source_info(source: str, *, tfds_data_dir: str = "") -> SourceInfo:
     """Class names (and COCO category ids) of a source without reading its images.
 
@@ -126,7 +134,7 @@ def source_info(source: str, *, tfds_data_dir: str = "") -> SourceInfo:
             names = _tfds_class_names(_tfds_builder(args[0], tfds_data_dir))
             infos.append((part, names, COCO_CATEGORY_IDS if _is_tfds_coco(args[0], names) else ()))
         elif scheme == "voc":
-            infos.append((part, voc_io.VOC_CLASS_NAMES, ()))
+            infos.append((part, annotations.VOC_CLASS_NAMES, ()))
         else:
             infos.append((part,) + annotations.coco_class_names(args[0]))
     _check_same_classes([(part, names) for part, names, _ in infos])
@@ -164,7 +172,7 @@ def read(source: str, *, tfds_data_dir: str = "", training: bool = True, decode:
         if scheme == "tfds":
             tfds_sets.append((part,) + _read_tfds(args[0], args[1], tfds_data_dir, training, input_context, seed))
         elif scheme == "voc":
-            record_sets.append((part, annotations.read_voc(args[0], args[1], voc_io.VOC_CLASS_NAMES,
+            record_sets.append((part, annotations.read_voc(args[0], args[1], annotations.VOC_CLASS_NAMES,
                                                                       max_pixels=max_image_pixels)))
         else:
             record_sets.append((part, annotations.read_coco(args[0], args[1], training,

@@ -11,7 +11,7 @@ import keras
 
 
 def caffe_xavier() -> keras.initializers.Initializer:
-    """Caffe "xavier": U(+-sqrt(3 / fan_in)), fan_in = C_in * k * k (SPEC §5 "Initialization").
+    """Caffe "xavier": U(+-sqrt(3 / fan_in)), fan_in = C_in * k * k (docs/PAPER.md#initialization-and-bn).
 
     A new instance per layer, created after ``keras.utils.set_random_seed``, so the
     initial weights are reproducible from the seed.
@@ -96,7 +96,7 @@ def basic_block(x, filters: int, norm: Norm, *, stride: int, name: str, valid: b
     Args:
       valid: the 3x3 stride-2 conv uses no padding (ScratchDet's 3x3 → 1x1 extra block).
         The 1x1 shortcut then first crops one pixel per side, so it samples the centre of
-        each 3x3 window and both branches stay aligned (DESIGN.md).
+        each 3x3 window and both branches stay aligned (docs/DECISIONS.md#extra-blocks).
     """
     in_channels = x.shape[-1]
     shortcut = x

@@ -1,7 +1,7 @@
 """SSD multibox heads: per level a 3×3 loc conv and a 3×3 conf conv, BN on their outputs.
 
 "BN in the detection head" (paper Table 1) is placed as the released code does it
-(SPEC §2): BatchNorm directly on each prediction conv's output, no ReLU, one BN per
+(docs/DECISIONS.md#head-bn): BatchNorm directly on each prediction conv's output, no ReLU, one BN per
 conv and level. Without head BN the convs have a bias.
 """
 

@@ -1,6 +1,6 @@
 """Root-ResNet-18/34 (and -10, one block per stage), the paper's ResNet-18 ablation family, and the extras.
 
-Paper §3.2 and Fig. 3 (DESIGN.md "Decisions"): a root block of ``root_depth`` convs
+Paper §3.2 and Fig. 3 (docs/DECISIONS.md#default-network): a root block of ``root_depth`` convs
 (k×k, 64 ch, the first at ``first_stride``), an optional 2×2/2 max-pool, the four
 ResNet stages of basic blocks, then four residual extra blocks of 128 channels.
 Detection sources are block outputs (post-ReLU): the last stage output at stride 8
@@ -47,9 +47,9 @@ def source_layers(images, model_cfg, norm: blocks.Norm) -> List:
         x = keras.layers.MaxPooling2D(2, strides=2, padding="same", name="root_pool")(x)
         stride *= 2
 
-    # Stages keep their stride-2 entry until stride 16 is reached; ResNet-18 and -18-A
-    # (stride 4 before conv2_x) keep conv5_x at stride 16 so every variant feeds the
-    # same 38/19 levels (paper Fig. 3 caption).
+    # Stages keep their stride-2 entry until stride 16 is reached: variants with stride 4
+    # before conv2_x (ResNet-18: stride-2 conv + pool) keep conv5_x at stride 16 so every
+    # variant feeds the same 38/19 levels (paper Fig. 3 caption).
     sources = []
     stride8 = None
     for stage, (channels, num_blocks) in enumerate(zip(STAGE_CHANNELS, STAGE_BLOCKS[model_cfg.depth])):

@@ -7,7 +7,7 @@ from typing import List, Tuple
 import keras
 import numpy as np
 
-from scratchdet_tf import anchors as anchors_lib
+from scratchdet_tf.boxes import anchors as anchors_lib
 from scratchdet_tf.models import blocks, heads, root_resnet, vgg
 
 
@@ -59,7 +59,7 @@ def model_anchors(model: keras.Model, anchor_cfg, image_size: int) -> np.ndarray
 def conv_macs_of_layer(layer) -> int:
     """Multiply-accumulates of one conv layer for one image; 0 for other layers.
 
-    Nominal count, as SPEC §8.1: H_out * W_out * k_h * k_w * (C_in / groups) * C_out
+    Nominal count, as docs/PAPER.md#model-size: H_out * W_out * k_h * k_w * (C_in / groups) * C_out
     (padding taps counted).
     """
     if not isinstance(layer, keras.layers.Conv2D):
