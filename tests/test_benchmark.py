@@ -23,9 +23,24 @@ def test_input_mode_reports_pipeline_images_per_sec(shapes_dir):
 @pytest.mark.slow
 def test_train_mode_reports_each_precision(shapes_dir):
     cfg = tiny_config(data__train_source=f"shapes:{shapes_dir}", train__batch_size=4)
-    result = _run("train", *cli_flags(cfg), "--train_steps=3", "--precisions=float32,mixed_bfloat16", "--xla=false")
-    assert result["mode"] == "train"
+    result = _run("train", *cli_flags(cfg), f"--source=shapes:{shapes_dir}", "--train_steps=3",
+                  "--precisions=float32,mixed_bfloat16", "--xla=false")
+    assert result["mode"] == "train" and result["source"] == f"shapes:{shapes_dir}"
     assert result["float32_images_per_sec"] > 0 and result["mixed_bfloat16_images_per_sec"] > 0
+    # The headline: the first combination, with its conv FLOP rate (3 x 2 x MACs per image).
+    assert result["images_per_sec"] == result["float32_images_per_sec"]
+    macs = ssd.conv_macs(ssd.build_model(cfg.model, cfg.anchors))
+    assert result["gflops_per_sec"] == pytest.approx(result["images_per_sec"] * 6 * macs / 1e9, rel=1e-2, abs=0.01)
+
+
+@pytest.mark.slow
+def test_train_mode_needs_no_dataset_of_the_config():
+    # The config's own source (TFDS VOC, not on this machine) is not read: a fresh shapes dataset is
+    # warped to the config's input size by the usual pipeline.
+    cfg = tiny_config(train__batch_size=2, data__train_source="tfds:voc/2007:train+validation")
+    result = _run("train", *cli_flags(cfg), "--train_steps=3", "--precisions=float32", "--xla=false")
+    assert result["source"].startswith("shapes:") and result["image_size"] == cfg.model.image_size
+    assert result["images_per_sec"] > 0 and result["gflops_per_sec"] > 0
 
 
 @pytest.mark.slow

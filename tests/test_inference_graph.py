@@ -90,13 +90,3 @@ def test_a_conv_whose_output_is_read_twice_keeps_its_batch_norm():
     x = np.random.default_rng(0).normal(size=(1, 4, 4, 3)).astype(np.float32)
     np.testing.assert_allclose(inference_graph.fold_batch_norms(model)(x), model(x, training=False), rtol=1e-5,
                                atol=1e-6)
-
-
-def test_direct_dilated_conv_equals_keras_conv():
-    x = tf.random.stateless_normal([1, 19, 19, 8], [0, 1])
-    keras_conv = keras.layers.Conv2D(6, 3, padding="same", dilation_rate=6)
-    direct = inference_graph.DirectDilatedConv2D.from_config(keras_conv.get_config())
-    keras_conv.build(x.shape)
-    direct.build(x.shape)
-    direct.set_weights(keras_conv.get_weights())
-    np.testing.assert_allclose(direct(x), keras_conv(x), rtol=1e-5, atol=1e-5)

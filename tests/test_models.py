@@ -7,6 +7,7 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from absl import flags
 from conftest import ROOT, run_tool, tiny_config
 
@@ -240,3 +241,51 @@ def test_zero_init_residual_blocks_start_as_their_shortcut():
         np.testing.assert_allclose(block_out, block_in, atol=1e-6)
     assert float(np.abs(model.get_layer("conv2_2_conv2_bn").gamma.numpy()).max()) == 0.0
     assert float(model.get_layer("conv2_2_conv1_bn").gamma.numpy().min()) == 1.0  # only the branch's last BN
+
+
+def _keras_conv_and_direct(x, **kwargs):
+    keras_conv = keras.layers.Conv2D(6, 3, **kwargs)
+    direct = blocks.DilatedConv2D.from_config(keras_conv.get_config())
+    keras_conv.build(x.shape)
+    direct.build(x.shape)
+    direct.set_weights(keras_conv.get_weights())
+    return keras_conv, direct
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_direct_dilated_conv_equals_keras_conv_forward_and_backward(padding):
+    x = tf.random.stateless_normal([2, 19, 19, 8], [0, 1])
+    keras_conv, direct = _keras_conv_and_direct(x, padding=padding, dilation_rate=6)
+
+    def grads(layer, x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(tf.sin(y))  # a loss whose gradient differs per output element
+        return [y] + tape.gradient(loss, [x, layer.kernel])
+
+    for run in (grads, tf.function(grads)):  # eagerly and in a graph
+        for got, want in zip(run(direct, x), run(keras_conv, x)):  # output, d/dx, d/dkernel
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(tf.reduce_max(tf.abs(want))))
+
+
+def test_vgg16_gradients_with_the_direct_dilated_fc6_equal_keras_convolution(monkeypatch):
+    cfg = tiny_config(model__backbone="vgg16", model__width=0.0625, model__image_size=64)
+
+    def gradients():
+        keras.utils.set_random_seed(0)
+        model = ssd.build_model(cfg.model, cfg.anchors)
+        images = tf.random.stateless_normal([2, 64, 64, 3], [1, 2]) * 50.0
+        with tf.GradientTape() as tape:
+            out = model(images, training=True)
+            loss = tf.reduce_sum(tf.sin(out["cls_logits"])) + tf.reduce_sum(tf.sin(out["box_deltas"]))
+        return model, tape.gradient(loss, model.trainable_variables)
+
+    direct_model, direct = gradients()
+    assert isinstance(direct_model.get_layer("fc6"), blocks.DilatedConv2D)
+    monkeypatch.setattr(blocks, "DilatedConv2D", keras.layers.Conv2D)  # the SpaceToBatch route
+    plain_model, plain = gradients()
+    assert type(plain_model.get_layer("fc6")) is keras.layers.Conv2D
+    for got, want, var in zip(direct, plain, plain_model.trainable_variables):
+        scale = float(tf.reduce_max(tf.abs(want))) or 1.0
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale, err_msg=var.path)

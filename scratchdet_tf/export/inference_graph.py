@@ -5,14 +5,15 @@ Three rewrites, each exact up to float rounding:
 - **BatchNorm folding.** A BN whose input is a conv's only output becomes part of that conv:
   ``W' = W * g / sqrt(v + eps)``, ``b' = (b - m) * g / sqrt(v + eps) + beta``. The BN layer is
   replaced by an identity, so the conv, its bias and the ReLU fuse into one oneDNN kernel.
-- **Direct dilated convolutions.** Keras' TF backend runs a dilated conv as SpaceToBatch + conv +
-  BatchToSpace (``tf.nn.convolution``); calling ``tf.nn.conv2d`` with ``dilations`` lets oneDNN
-  run it natively (SSD-VGG16's fc6: 18.7 ms -> 7.3 ms at 19x19x512 -> 1024 on 2 cores).
+- **Direct dilated convolutions.** Every conv becomes ``blocks.DilatedConv2D``, which runs a dilated
+  conv as one ``tf.nn.conv2d`` (oneDNN's native kernel) instead of Keras' SpaceToBatch + conv +
+  BatchToSpace (SSD-VGG16's fc6: 18.7 ms -> 7.3 ms at 19x19x512 -> 1024 on 2 cores). Models built
+  by ``ssd.build_model`` already use it for their dilated convs; older checkpoints load the same.
 - **Frozen weights.** ``frozen_forward`` turns the variables into graph constants: oneDNN then
   reorders each filter into its blocked layout once and caches it, instead of on every call
   (SSD-VGG16 300 px: 150 ms -> 133 ms per image).
 
-Used by ``export.export_saved_model``; training and the TFLite converter (which folds and freezes
+Used by ``saved_model.export_saved_model``; training and the TFLite converter (which folds and freezes
 by itself) use the model as built.
 """
 
@@ -25,15 +26,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import convert_to_constants
 
-
-class DirectDilatedConv2D(keras.layers.Conv2D):
-    """``keras.layers.Conv2D`` whose dilated convolution is one ``tf.nn.conv2d`` (no space-to-batch)."""
-
-    def convolution_op(self, inputs, kernel):
-        if max(self.dilation_rate) == 1 or self.groups != 1 or self.data_format != "channels_last":
-            return super().convolution_op(inputs, kernel)
-        return tf.nn.conv2d(inputs, kernel, strides=self.strides, padding=self.padding.upper(),
-                            dilations=self.dilation_rate)
+from scratchdet_tf.models import blocks
 
 
 class FoldedBatchNorm(keras.layers.Layer):
@@ -83,7 +76,7 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
             config = layer.get_config()
             if layer.name in pairs:
                 config["use_bias"] = True
-            return DirectDilatedConv2D.from_config(config)
+            return blocks.DilatedConv2D.from_config(config)
         return layer.__class__.from_config(layer.get_config())
 
     copy = keras.models.clone_model(model, clone_function=clone)

@@ -1,6 +1,8 @@
 """Shared building blocks: Caffe-style conv (+BN, +ReLU), residual basic block, L2Norm.
 
-Only ``keras.layers`` / ``keras.ops``, so the networks build under any Keras 3 backend.
+Only ``keras.layers`` / ``keras.ops``, so the networks build under any Keras 3 backend; the one
+TensorFlow-specific path (``DilatedConv2D``'s direct dilated convolution) falls back to Keras'
+own elsewhere.
 """
 
 from __future__ import annotations
@@ -46,6 +48,27 @@ def kernel_initializer(init: str = "xavier") -> keras.initializers.Initializer:
     raise ValueError(f"unknown conv init {init!r}; allowed: xavier, gaussian")
 
 
+@keras.saving.register_keras_serializable(package="scratchdet_tf")
+class DilatedConv2D(keras.layers.Conv2D):
+    """``keras.layers.Conv2D`` whose dilated convolution is one ``tf.nn.conv2d`` with ``dilations``.
+
+    Keras' TensorFlow backend runs a dilated conv through ``tf.nn.convolution``, i.e. SpaceToBatch +
+    conv + BatchToSpace; oneDNN runs the dilated kernel directly, forward and backward, with the
+    same result up to float rounding (SSD-VGG16's fc6, 19x19x512 -> 1024 at batch 8 on 2 cores:
+    forward + backward 630 -> 190 ms; docs/DECISIONS.md#dilated-convolutions). Same weights and
+    names as ``keras.layers.Conv2D``, so checkpoints of either load into the other.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        if (max(self.dilation_rate) == 1 or self.groups != 1 or self.data_format != "channels_last"
+                or keras.backend.backend() != "tensorflow"):
+            return super().convolution_op(inputs, kernel)
+        import tensorflow as tf  # the TensorFlow backend only
+
+        return tf.nn.conv2d(inputs, kernel, strides=self.strides, padding=self.padding.upper(),
+                            dilations=self.dilation_rate)
+
+
 def conv(x, filters: int, kernel: int, *, stride: int = 1, pad: int | None = None, dilation: int = 1,
          use_bias: bool = False, init: str = "xavier", name: str):
     """A conv with Caffe's symmetric zero padding (``pad`` pixels on every side).
@@ -65,7 +88,8 @@ def conv(x, filters: int, kernel: int, *, stride: int = 1, pad: int | None = Non
         if pad:
             x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
         padding = "valid"
-    return keras.layers.Conv2D(
+    layer = DilatedConv2D if dilation > 1 else keras.layers.Conv2D
+    return layer(
         filters, kernel, strides=stride, padding=padding, dilation_rate=dilation, use_bias=use_bias,
         kernel_initializer=kernel_initializer(init), name=name,
     )(x)

@@ -134,29 +134,40 @@ def train(cfg: config_lib.Config, model_dir: str, *, allow_config_change: bool =
             grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)  # the one all-reduce of the step
             return grads, stats
 
-        @tf.function
         def compute_gradients(iterator):
             per_replica = strategy_lib.split_for_replicas(strategy, next(iterator), local_replicas)
             grads, stats = strategy.run(replica_step, args=(per_replica,))
             return grads, strategy_lib.sum_over_replicas(strategy, stats)
 
-        @tf.function
-        def add_gradients(a, b):
-            return strategy.run(lambda x, y: [u + v for u, v in zip(x, y)], args=(a, b))
-
-        @tf.function
-        def gradient_norm(grads):
-            # Every replica holds the same summed gradient; unscale fp16 and average accumulation.
-            scale = tf.cast(optimizer.dynamic_scale, tf.float32) if fp16 else 1.0
-            norms = strategy.run(lambda g: tf.linalg.global_norm(g) / (scale * tcfg.grad_accum_steps), args=(grads,))
-            return strategy.reduce(tf.distribute.ReduceOp.MEAN, norms, axis=None)
-
-        @tf.function
         def apply_gradients(grads):
             def apply(g):
                 optimizer.apply_gradients(zip([x / tcfg.grad_accum_steps for x in g], model.trainable_variables))
 
             strategy.run(apply, args=(grads,))
+            return tf.constant(True)
+
+        @tf.function
+        def train_step(iterator):
+            # One update in one graph call: the summed gradient of grad_accum_steps micro-batches, its
+            # global norm, and the update unless the divergence guard skips it.
+            grads, stats = compute_gradients(iterator)
+            for _ in range(tcfg.grad_accum_steps - 1):
+                more, more_stats = compute_gradients(iterator)
+                grads = strategy.run(lambda a, b: [u + v for u, v in zip(a, b)], args=(grads, more))
+                stats = {k: stats[k] + more_stats[k] for k in stats}
+            stats = {k: v / tcfg.grad_accum_steps for k, v in stats.items()}
+            # Every replica holds the same summed gradient; unscale fp16 and average accumulation.
+            scale = tf.cast(optimizer.dynamic_scale, tf.float32) if fp16 else 1.0
+            norms = strategy.run(lambda g: tf.linalg.global_norm(g) / (scale * tcfg.grad_accum_steps), args=(grads,))
+            norm = strategy.reduce(tf.distribute.ReduceOp.MEAN, norms, axis=None)
+            # The divergence guard: a non-finite step is not applied (fp16: the loss-scale optimizer
+            # skips overflowing gradients and lowers its scale itself, so only the loss is checked).
+            finite = tf.math.is_finite(stats["cls_loss"] + stats["box_loss"])
+            if not fp16:
+                finite = finite & tf.math.is_finite(norm)
+            tf.cond(finite | fp16, lambda: apply_gradients(grads), lambda: tf.constant(False))
+            step.assign_add(1)
+            return stats, norm, finite
 
         if is_chief:  # config, data and checkpoint are read: now the run folder may be written
             run_dir.write_config(cfg, model_dir)
@@ -170,24 +181,13 @@ def train(cfg: config_lib.Config, model_dir: str, *, allow_config_change: bool =
         eval_writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval")) if is_chief else None
         skipped, bad_in_a_row, status = 0, 0, "finished"
         while int(step.numpy()) < tcfg.max_steps:
-            grads, stats = compute_gradients(iterator)
-            for _ in range(tcfg.grad_accum_steps - 1):
-                more, more_stats = compute_gradients(iterator)
-                grads = add_gradients(grads, more)
-                stats = {k: stats[k] + more_stats[k] for k in stats}
-            stats = {k: float(v) / tcfg.grad_accum_steps for k, v in stats.items()}
-            loss, norm = stats["cls_loss"] + stats["box_loss"], float(gradient_norm(grads))
-            # The divergence guard: a non-finite step is not applied (fp16: the loss-scale optimizer
-            # skips overflowing gradients and lowers its scale itself, so only the loss is checked).
-            finite = math.isfinite(loss) and (fp16 or math.isfinite(norm))
-            if finite or fp16:
-                apply_gradients(grads)
+            stats, norm, finite = train_step(iterator)
+            stats, norm, finite = {k: float(v) for k, v in stats.items()}, float(norm), bool(finite)
             skipped, bad_in_a_row = (skipped, 0) if finite else (skipped + 1, bad_in_a_row + 1)
+            current = int(step.numpy())
             if not finite:
                 logging.warning("step %d: non-finite loss %s / gradient norm %s, update skipped (%d in a row)",
-                                int(step.numpy()) + 1, loss, norm, bad_in_a_row)
-            step.assign_add(1)
-            current = int(step.numpy())
+                                current, stats["cls_loss"] + stats["box_loss"], norm, bad_in_a_row)
             if bad_in_a_row >= tcfg.max_bad_steps:
                 status = "diverged"
                 logging.error("diverged at step %d: %d consecutive non-finite steps; last good checkpoint kept",
