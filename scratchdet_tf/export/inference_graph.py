@@ -72,7 +72,7 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
     def clone(layer):
         if layer.name in folded_bns:
             return FoldedBatchNorm(name=layer.name, dtype=layer.dtype_policy)
-        if isinstance(layer, keras.layers.Conv2D) and type(layer) is keras.layers.Conv2D:
+        if type(layer) in (keras.layers.Conv2D, blocks.DilatedConv2D):
             config = layer.get_config()
             if layer.name in pairs:
                 config["use_bias"] = True
