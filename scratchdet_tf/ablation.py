@@ -220,7 +220,7 @@ def run_grid(grid: str, out_dir: str, *, steps: int, overrides: Sequence[str] = 
     rows = [run_cell(cell, cfg, os.path.join(out_dir, cell.name), train_eval_source)
             for cell, cfg in zip(cells, configs)]
     schedules = sorted({cfg.train.lr_boundaries for cfg in configs})
-    report = {"grid": grid, "steps": steps, "overrides": list(overrides),
+    summary = {"grid": grid, "steps": steps, "overrides": list(overrides),
               "lr_boundaries": [list(b) for b in schedules], "train_eval_source": train_eval_source,
               "rows": rows, "seconds": round(time.time() - start, 1), "hardware": hardware(),
               "markdown": os.path.join(out_dir, f"{grid}.md"), "json": os.path.join(out_dir, f"{grid}.json")}
@@ -228,9 +228,9 @@ def run_grid(grid: str, out_dir: str, *, steps: int, overrides: Sequence[str] = 
              f"{' '.join(overrides)}")
     if train_eval_source:
         title += f"; train-set mAP on {train_eval_source}"
-    with open(report["markdown"], "w") as f:
+    with open(summary["markdown"], "w") as f:
         f.write(markdown_table(rows, title))
-    with open(report["json"], "w") as f:
-        json.dump(report, f, indent=2)
+    with open(summary["json"], "w") as f:
+        json.dump(summary, f, indent=2)
         f.write("\n")
-    return report
+    return summary

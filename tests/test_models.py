@@ -289,3 +289,18 @@ def test_vgg16_gradients_with_the_direct_dilated_fc6_equal_keras_convolution(mon
     for got, want, var in zip(direct, plain, plain_model.trainable_variables):
         scale = float(tf.reduce_max(tf.abs(want))) or 1.0
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale, err_msg=var.path)
+
+
+def test_dilated_conv_keeps_the_keras_route_where_the_direct_gradient_is_missing(monkeypatch):
+    # TF's CPU kernels without oneDNN cannot differentiate a direct dilated conv: the layer must then
+    # fall back to Keras' SpaceToBatch route and still train.
+    monkeypatch.setattr(blocks, "direct_dilated_conv_trains", lambda: False)
+    x = tf.random.stateless_normal([1, 19, 19, 8], [0, 2])
+    keras_conv, direct = _keras_conv_and_direct(x, padding="same", dilation_rate=6)
+    calls = []
+    monkeypatch.setattr(tf.nn, "conv2d", lambda *a, **k: calls.append(1))  # must not be used
+    with tf.GradientTape() as tape:
+        y = direct(x)
+        loss = tf.reduce_sum(y)
+    assert not calls and tape.gradient(loss, direct.kernel) is not None
+    np.testing.assert_allclose(y, keras_conv(x), rtol=1e-5, atol=1e-5)

@@ -11,7 +11,7 @@ variances ``(vy, vx, vh, vw) = (0.1, 0.1, 0.2, 0.2)``. Caffe stores the same num
 (dx, dy, dw, dh) order; TFLite_Detection_PostProcess expects ours (y, x, h, w, scales 10/10/5/5).
 
 Foreign formats (pixel xyxy / xywh) are converted only where data enters (``data/annotations.py``)
-or leaves (``evaluation.py``, ``coco_eval.py``).
+or leaves (``evaluation/voc_metric.py``, ``evaluation/coco_metric.py``).
 """
 
 from __future__ import annotations

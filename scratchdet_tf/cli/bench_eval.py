@@ -61,7 +61,7 @@ def run_eval_benchmark(repeats=3):
 
 
 def run():
-    """``scratchdet bench_eval`` and ``python tools/bench_eval.py``."""
+    """``python tools/bench_eval.py`` (also ``scratchdet benchmark eval``)."""
     print(json.dumps(run_eval_benchmark()))
 
 

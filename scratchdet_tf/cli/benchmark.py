@@ -7,11 +7,12 @@ Modes:
   infer:   end-to-end inference of an export (--model=<SavedModel dir or .tflite>, --batch), or, without
            --model, of the config given by --flagfile/dotted flags: random weights, exported to a temp
            dir, timing the Keras forward pass, the SavedModel and each TFLite mode (XNNPACK).
-  eval:    evaluation.voc_evaluate on VOC07-test-sized random results (4,952 images x 200 detections).
+  eval:    voc_metric.voc_evaluate on VOC07-test-sized random results (4,952 images x 200 detections).
   input:   the training input pipeline (decode + SSD augmentation + target encoding, batched) on
            --source (default: a fresh 500-image shapes dataset), --image_size, --seconds, --profile.
   train:   training images/s of the config (--flagfile/dotted flags) for each --precisions x --xla
-           combination, --train_steps steps each (data: --data.train_source, default fresh shapes data).
+           combination, --train_steps steps each (data: a fresh shapes dataset at the config's input size,
+           or --source=URI); last line: images_per_sec (the first combination's) and conv GFLOP/s.
 """
 
 import json
@@ -236,7 +237,7 @@ def run_eval():
     from scratchdet_tf.cli import bench_eval  # the VOC07-test-sized scoring benchmark
 
     result = bench_eval.run_eval_benchmark()
-    print(f"evaluation.voc_evaluate, VOC07-test-sized random results ({result['num_detections']} detections): "
+    print(f"voc_metric.voc_evaluate, VOC07-test-sized random results ({result['num_detections']} detections): "
           f"{result['voc_seconds']:.2f} s for both APs")
     return result
 

@@ -79,10 +79,10 @@ def main(argv):
     written = {}
     if cfg.export.tflite:
         try:
-            calibration = _calibration_images(cfg) if "int8" in cfg.export.tflite else None
+            representative = _calibration_images(cfg) if "int8" in cfg.export.tflite else None
             written = tflite.export_tflite(restored.model, restored.anchors, cfg, FLAGS.export_dir,
-                                                  cfg.export.tflite, calibration,
-                                                  use_regular_nms=FLAGS.tflite_nms == "regular")
+                                           cfg.export.tflite, representative,
+                                           use_regular_nms=FLAGS.tflite_nms == "regular")
         except (OSError, ValueError) as err:
             sys.exit(f"export.py: error: TFLite export failed: {err}")
         for mode, entry in written.items():

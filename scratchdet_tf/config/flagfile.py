@@ -1,6 +1,6 @@
 """The config as text: one ``--section.name=value`` line per leaf, as flagfiles and ``flags.cfg`` hold it.
 
-No absl here: the command-line tools define absl flags from ``leaves()`` (``cli/flags.py``), and the
+No absl here: the command-line tools define absl flags from ``leaves()`` (``cli/config_flags.py``), and the
 library builds configs from flag text with ``parse`` (e.g. the ablation grid's cell flagfiles).
 A flagfile may include others with ``--flagfile=``; a relative include resolves against the
 including file's folder first, then the working directory. The last occurrence of a flag wins.
@@ -74,9 +74,9 @@ def parse_value(kind: str, flag: str, text: str):
 
     if kind == "bool":
         lowered = text.strip().lower()
-        if lowered not in ("true", "false", "1", "0"):
+        if lowered not in ("true", "t", "1", "false", "f", "0"):  # what absl accepts
             raise config.ConfigError(f"--{flag}={text} is invalid: expected true or false")
-        return lowered in ("true", "1")
+        return lowered in ("true", "t", "1")
     if kind == "int":
         return number(int)
     if kind == "float":

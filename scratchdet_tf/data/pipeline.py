@@ -19,7 +19,7 @@ Images beyond ``max_boxes`` boxes keep all of them for the targets but only the 
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf

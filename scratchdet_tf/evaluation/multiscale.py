@@ -227,7 +227,7 @@ def merge_detections(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, 
 class MultiScaleDetector:
     """A predict function (uint8 original images -> merged detections) running the multi-scale scheme.
 
-    Call it like ``eval_lib``'s predict functions: ``detector(images uint8 [B, H, W, 3])`` returns numpy
+    Call it like ``runner``'s predict functions: ``detector(images uint8 [B, H, W, 3])`` returns numpy
     ``{"boxes": [B, N, 4] normalized yxyx, "scores": [B, N], "classes": [B, N] int32 labels 0..C-1,
     "num_detections": [B]}`` with N = ``max_detections``, zero padded.
     """

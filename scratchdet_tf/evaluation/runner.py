@@ -6,7 +6,7 @@ Two ways in:
 - ``evaluate_predict_fn(predict_fn, source)``: any predict function that maps uint8 original images
   [B, H, W, 3] to ``{"boxes": [B, N, 4] normalized yxyx, "scores": [B, N], "classes": [B, N] labels 0..C-1,
   "num_detections": [B]}`` (``postprocess.detect``'s outputs). ``model_predict_fn`` and
-  ``export.load_predict_fn`` (SavedModel or .tflite) make one. It is called one image at a
+  ``predictor.load_predict_fn`` (SavedModel or .tflite) make one. It is called one image at a
   time (B = 1), since originals differ in size.
 
 Scoring follows ``eval.metric``: voc07 and voc12 give both VOC APs (11-point and area; the table shows the

@@ -1,4 +1,4 @@
-"""SavedModel export with TF Object Detection API serving signatures, and loading exports back as predict functions.
+"""SavedModel export with TF Object Detection API serving signatures (``predictor`` loads them back).
 
 An export directory ``E`` (a TF Serving model version folder) holds::
 

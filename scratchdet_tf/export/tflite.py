@@ -1,7 +1,7 @@
 """TFLite export (fp32, fp16, dynamic-range, full-integer int8) with the standard ``TFLite_Detection_PostProcess`` op.
 
 A ``.tflite`` model takes ``images`` uint8 [1, S, S, 3] RGB, already warp-resized to the model's input
-size (``tflite_predict_fn`` resizes); the mean subtraction, network, softmax, box decoding and NMS run
+size (``predictor.tflite_predict_fn`` resizes); the mean subtraction, network, softmax, box decoding and NMS run
 inside. Outputs, read by name from the model's signature (the op's own convention, as TF OD API
 TFLite models have it): ``detection_boxes`` float32 [1, N, 4] normalized yxyx (not clipped),
 ``detection_classes`` float32 [1, N] **0-based without background** (= data label),
@@ -163,7 +163,7 @@ def export_tflite(model: keras.Model, anchors: np.ndarray, cfg: config_lib.Confi
       use_regular_nms: per-class NMS (as the SavedModel) instead of the op's fast class-agnostic NMS
         (one class per box, the TF OD API's mobile default). The op's multi-threaded regular NMS skips
         class index T when run with T threads, 1 < T < C (tensorflow/tensorflow#56058, still in LiteRT
-        2.3.0); ``tflite_predict_fn`` then runs single-threaded, other runtimes must do the same.
+        2.3.0); ``predictor.tflite_predict_fn`` then runs single-threaded, other runtimes must do the same.
 
     Each mode is converted in a child process (``convert_isolated``): a mode that fails or crashes is
     logged, recorded as ``tflite_failed`` in ``export_info.json`` and left out; the others are written.
@@ -232,7 +232,7 @@ CONVERT_TIMEOUT_S = 3600
 
 
 def convert_isolated(saved_model_dir: str, mode: str, calibration_npy: str | None, work_dir: str) -> bytes:
-    """``convert`` in a child process (``scratchdet_tf.tflite_convert``): a crash there is an error here.
+    """``convert`` in a child process (``scratchdet_tf.export.tflite_convert``): a crash there is an error here.
 
     Args:
       saved_model_dir: the TFLite-ready SavedModel.

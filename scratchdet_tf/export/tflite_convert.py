@@ -1,11 +1,11 @@
-"""One TFLite conversion in a process of its own: ``python -m scratchdet_tf.tflite_convert``.
+"""One TFLite conversion in a process of its own: ``python -m scratchdet_tf.export.tflite_convert``.
 
 The TFLite converter and quantizer are C++ that can end the whole process (a segmentation fault in
 the int8 quantizer on some models, an abort on a failed check). ``export_tflite`` runs each
 conversion here, so such a crash costs that one file, not the export: the SavedModel and the other
 TFLite files are still written, and the parent reports what failed.
 
-    python -m scratchdet_tf.tflite_convert SAVED_MODEL_DIR MODE OUT_FILE [CALIBRATION.npy]
+    python -m scratchdet_tf.export.tflite_convert SAVED_MODEL_DIR MODE OUT_FILE [CALIBRATION.npy]
 
 Exit status 0 with ``OUT_FILE`` written; 2 with one line on stderr for a conversion error
 (``tflite.convert``'s ``ValueError``); anything else is a crash.

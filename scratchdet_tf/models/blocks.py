@@ -8,6 +8,7 @@ own elsewhere.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import keras
 
@@ -59,14 +60,49 @@ class DilatedConv2D(keras.layers.Conv2D):
     names as ``keras.layers.Conv2D``, so checkpoints of either load into the other.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Decided when the layer is made (eagerly, as models are built), not while a step is traced.
+        self._direct = (max(self.dilation_rate) > 1 and self.groups == 1 and self.data_format == "channels_last"
+                        and keras.backend.backend() == "tensorflow" and direct_dilated_conv_trains())
+
     def convolution_op(self, inputs, kernel):
-        if (max(self.dilation_rate) == 1 or self.groups != 1 or self.data_format != "channels_last"
-                or keras.backend.backend() != "tensorflow"):
+        if not self._direct:
             return super().convolution_op(inputs, kernel)
         import tensorflow as tf  # the TensorFlow backend only
 
         return tf.nn.conv2d(inputs, kernel, strides=self.strides, padding=self.padding.upper(),
                             dilations=self.dilation_rate)
+
+
+def direct_dilated_conv_trains() -> bool:
+    """Whether this TensorFlow build differentiates ``tf.nn.conv2d`` with ``dilations`` > 1 on its default device.
+
+    oneDNN CPU kernels (x86 Linux builds) and GPUs do; TF's own CPU kernels without oneDNN
+    (``TF_ENABLE_ONEDNN_OPTS=0``, some macOS builds) reject it, and ``DilatedConv2D`` then keeps Keras' route.
+    Probed eagerly once per process on a 7x7 input (milliseconds); inside a graph that is being traced
+    it cannot be probed and says False.
+    """
+    import tensorflow as tf
+
+    if not tf.executing_eagerly():
+        return False
+    return _probe_direct_dilated_gradient()
+
+
+@functools.cache
+def _probe_direct_dilated_gradient() -> bool:
+    import tensorflow as tf
+
+    x, w = tf.ones([1, 7, 7, 1]), tf.ones([3, 3, 1, 1])
+    try:
+        with tf.GradientTape() as tape:
+            tape.watch([x, w])
+            y = tf.nn.conv2d(x, w, 1, "SAME", dilations=2)
+        grads = tape.gradient(y, [x, w])
+        return all(g is not None and bool(tf.reduce_all(tf.math.is_finite(g))) for g in grads)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+        return False
 
 
 def conv(x, filters: int, kernel: int, *, stride: int = 1, pad: int | None = None, dilation: int = 1,
