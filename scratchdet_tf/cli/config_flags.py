@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import List, Sequence
 
-from absl import flags
+from absl import app, flags
 
 from scratchdet_tf import config, run_dir
 from scratchdet_tf.config import flagfile
@@ -87,3 +87,13 @@ def config_or_exit(flag_values: flags.FlagValues = flags.FLAGS) -> config.Config
     except config.ConfigError as e:
         sys.stderr.write(f"FATAL Config error: {e}\n")
         sys.exit(1)
+
+
+def run_main(main, doc: str) -> None:
+    """Runs a tool's ``main`` under ``absl.app`` with flagfile expansion (``parse_argv``).
+
+    ``doc`` (the tool module's docstring) becomes the ``--help`` text, whichever script started the
+    process (``tools/<tool>.py`` or the ``scratchdet`` command).
+    """
+    sys.modules["__main__"].__doc__ = doc
+    app.run(main, flags_parser=parse_argv)

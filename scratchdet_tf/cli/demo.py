@@ -13,7 +13,7 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from PIL import Image
 
 from scratchdet_tf import plots, run_dir, visualize
@@ -87,8 +87,7 @@ def main(argv):
 
 def run():
     """``scratchdet demo`` and ``python tools/demo.py``."""
-    sys.modules["__main__"].__doc__ = __doc__  # --help prints this usage, whichever script started it
-    app.run(main, flags_parser=lambda argv: config_flags.parse_argv(argv, FLAGS))
+    config_flags.run_main(main, __doc__)
 
 
 if __name__ == "__main__":

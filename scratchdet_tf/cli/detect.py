@@ -19,6 +19,7 @@ from absl import app, flags, logging
 from PIL import Image
 
 from scratchdet_tf import visualize
+from scratchdet_tf.cli import config_flags
 from scratchdet_tf.export import calibration, info, predictor
 
 flags.DEFINE_string("model", None, "SavedModel folder or .tflite file.")
@@ -104,8 +105,7 @@ def main(argv):
 
 def run():
     """``scratchdet detect`` and ``python tools/detect.py``."""
-    sys.modules["__main__"].__doc__ = __doc__  # --help prints this usage, whichever script started it
-    app.run(main)
+    config_flags.run_main(main, __doc__)
 
 
 if __name__ == "__main__":

@@ -99,8 +99,7 @@ def main(argv):
 
 def run():
     """``scratchdet export`` and ``python tools/export.py``."""
-    sys.modules["__main__"].__doc__ = __doc__  # --help prints this usage, whichever script started it
-    app.run(main, flags_parser=lambda argv: config_flags.parse_argv(argv, FLAGS))
+    config_flags.run_main(main, __doc__)
 
 
 if __name__ == "__main__":

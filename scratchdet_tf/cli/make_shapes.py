@@ -7,11 +7,11 @@ Read it with ``--data.train_source=shapes:/tmp/shapes`` (val split for evaluatio
 """
 
 import json
-import sys
 import time
 
 from absl import app, flags
 
+from scratchdet_tf.cli import config_flags
 from scratchdet_tf.data import shapes
 
 flags.DEFINE_string("out_dir", None, "Dataset root; train/ and val/ are written under it.", required=True)
@@ -41,8 +41,7 @@ def main(argv):
 
 def run():
     """``scratchdet make_shapes`` and ``python tools/make_shapes.py``."""
-    sys.modules["__main__"].__doc__ = __doc__  # --help prints this usage, whichever script started it
-    app.run(main)
+    config_flags.run_main(main, __doc__)
 
 
 if __name__ == "__main__":

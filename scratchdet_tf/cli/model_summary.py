@@ -7,9 +7,8 @@ Last line: {"params": ..., "macs": ..., "feature_maps": [[h, w], ...], "num_anch
 
 import collections
 import json
-import sys
 
-from absl import app, flags
+from absl import flags
 
 from scratchdet_tf.cli import config_flags
 from scratchdet_tf.models import ssd
@@ -60,8 +59,7 @@ def main(argv):
 
 def run():
     """``scratchdet model_summary`` and ``python tools/model_summary.py``."""
-    sys.modules["__main__"].__doc__ = __doc__  # --help prints this usage, whichever script started it
-    app.run(main, flags_parser=lambda argv: config_flags.parse_argv(argv, FLAGS))
+    config_flags.run_main(main, __doc__)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import sys
 from absl import app, flags
 
 from scratchdet_tf import landscape
+from scratchdet_tf.cli import config_flags
 
 flags.DEFINE_list("runs", None, "Training model_dirs, comma-separated.", required=True)
 flags.DEFINE_list("labels", [], "Legend labels, one per run (default: the folder names).")
@@ -41,8 +42,7 @@ def main(argv):
 
 def run():
     """``scratchdet plot_landscape`` and ``python tools/plot_landscape.py``."""
-    sys.modules["__main__"].__doc__ = __doc__  # --help prints this usage, whichever script started it
-    app.run(main)
+    config_flags.run_main(main, __doc__)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import json
 import signal
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from scratchdet_tf.cli import config_flags
 from scratchdet_tf.training import train_lib
@@ -45,8 +45,7 @@ def main(argv):
 
 def run():
     """``scratchdet train`` and ``python tools/train.py``."""
-    sys.modules["__main__"].__doc__ = __doc__  # --help prints this usage, whichever script started it
-    app.run(main, flags_parser=lambda argv: config_flags.parse_argv(argv, FLAGS))
+    config_flags.run_main(main, __doc__)
 
 
 if __name__ == "__main__":
