@@ -38,11 +38,12 @@ LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"
 FLAGS_FILE = "flags.cfg"  # the same config as a flagfile: --flagfile=<run>/flags.cfg re-runs it
 TRAIN_RESULT_FILE = "train_result.json"
+BEST_DIR = "best"  # the best checkpoint by validation metric: a run folder of its own (training/best.py)
 # Settings a resumed run may change without asking: the schedule's length, logging and saving cadence,
 # evaluation and export settings. Everything else changes what the run computes.
 RESUMABLE_CHANGES = frozenset({
     "train.max_steps", "train.checkpoint_every_steps", "train.eval_every_steps", "train.log_every_steps",
-    "train.keep_checkpoints", "train.max_bad_steps",
+    "train.keep_checkpoints", "train.max_bad_steps", "train.patience",
 })
 RESUMABLE_SECTIONS = ("eval", "export")
 _CKPT = re.compile(r"^ckpt-(\d+)\.index$")
@@ -227,6 +228,8 @@ def check_config(model_dir: str, cfg: config_lib.Config, allow_change: bool = Fa
     new = json.loads(json.dumps(config_lib.to_dict(cfg)))  # tuples as the file has them: lists
     changed = [d for d in config_differences(old, new)
                if d.split(":")[0] not in RESUMABLE_CHANGES and d.split(".")[0] not in RESUMABLE_SECTIONS]
+    if not old.get("data", {}).get("class_names"):  # runs made before the names were stored took the data's too
+        changed = [d for d in changed if not d.startswith("data.class_names:")]
     if changed:
         raise config_lib.ConfigError(
             f"{model_dir!r} holds a run with another configuration ({'; '.join(changed)}); use another --model_dir, "

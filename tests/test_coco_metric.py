@@ -127,3 +127,65 @@ def test_coco_bad_files_are_named(tmp_path):
 def test_normalized_to_coco_xywh():
     xywh = coco_metric.normalized_to_coco_xywh([[0.25, 0.5, 0.75, 1.0]], (100, 200))
     np.testing.assert_array_equal(xywh, [[100.0, 25.0, 100.0, 50.0]])
+
+
+def _pycocotools_category_ap(gt_path, res_path, category_id):
+    """pycocotools' own AP, AP50, AP75 of one category: the official summary with params.catIds = [k]."""
+    coco_gt = coco_api.COCO(gt_path)
+    coco_eval = cocoeval.COCOeval(coco_gt, coco_gt.loadRes(res_path), "bbox")
+    coco_eval.params.catIds = [category_id]
+    coco_eval.evaluate()
+    coco_eval.accumulate()
+    coco_eval.summarize()
+    return {"AP": coco_eval.stats[0], "AP50": coco_eval.stats[1], "AP75": coco_eval.stats[2]}
+
+
+def test_per_class_ap_equals_pycocotools_restricted_to_the_category(tmp_path):
+    instances, results, gt_path, res_path = _coco_case(tmp_path)
+    evaluator = coco_metric.CocoEvaluator(instances_json=gt_path, class_names=["one", "three", "seven"])
+    _add_coco_results(evaluator, instances, results, with_gt=False)
+    result = evaluator.result()
+    assert list(result["per_class"]) == ["one", "three", "seven"]
+    for name, category_id in (("one", 1), ("three", 3), ("seven", 7)):
+        expected = _pycocotools_category_ap(gt_path, res_path, category_id)
+        got = result["per_class"][name]
+        for key in ("AP", "AP50", "AP75"):
+            assert got[key] == pytest.approx(expected[key], abs=1e-12), (name, key)
+        assert got["num_gt"] == sum(1 for a in instances["annotations"]
+                                    if a["category_id"] == category_id and not a["iscrowd"])
+    assert len({v["AP"] for v in result["per_class"].values()}) == 3  # a case where the classes differ
+    # The overall AP averages the classes (each has T x R valid entries).
+    assert np.mean([v["AP"] for v in result["per_class"].values()]) == pytest.approx(result["AP"], abs=1e-12)
+    json_result = coco_metric.coco_evaluate_json(gt_path, res_path, per_class=True)
+    assert list(json_result["per_class"]) == ["c1", "c3", "c7"]  # the instances file's names
+    assert [v["AP"] for v in json_result["per_class"].values()] == [v["AP"] for v in result["per_class"].values()]
+
+
+def test_single_class_per_class_ap_is_the_overall_ap(tmp_path):
+    instances, results, _, _ = _coco_case(tmp_path)
+    keep = [a for a in instances["annotations"] if a["category_id"] == 3]
+    evaluator = coco_metric.CocoEvaluator(category_ids=[3], class_names=["only"])
+    sizes = {image["id"]: (image["height"], image["width"]) for image in instances["images"]}
+    for image_id, (h, w) in sizes.items():
+        gt = [a["bbox"] for a in keep if a["image_id"] == image_id]
+        det = [r for r in results if r["image_id"] == image_id and r["category_id"] == 3]
+        to_yxyx = [[y / h, x / w, (y + bh) / h, (x + bw) / w] for x, y, bw, bh in gt + [r["bbox"] for r in det]]
+        evaluator.add(image_id, to_yxyx[len(gt):], [r["score"] for r in det], [0] * len(det), (h, w),
+                      gt_boxes=to_yxyx[:len(gt)], gt_labels=[0] * len(gt))
+    result = evaluator.result()
+    assert result["AP"] > 0.1
+    only = result["per_class"]["only"]
+    assert (only["AP"], only["AP50"], only["AP75"]) == pytest.approx((result["AP"], result["AP50"], result["AP75"]),
+                                                                     abs=1e-12)
+    assert only["num_gt"] == len(keep)
+
+
+def test_per_class_without_ground_truth_is_nan(tmp_path):
+    evaluator = coco_metric.CocoEvaluator(category_ids=[1, 2], class_names=["a", "b"])
+    evaluator.add(1, [[0.1, 0.1, 0.5, 0.5], [0.6, 0.6, 0.9, 0.9]], [0.9, 0.8], [0, 1], (100, 100),
+                  gt_boxes=[[0.1, 0.1, 0.5, 0.5]], gt_labels=[0])
+    per_class = evaluator.result()["per_class"]
+    assert per_class["a"] == pytest.approx({"AP": 1.0, "AP50": 1.0, "AP75": 1.0, "num_gt": 1}, abs=1e-12)
+    assert np.isnan(per_class["b"]["AP"]) and per_class["b"]["num_gt"] == 0
+    with pytest.raises(ValueError, match="3 class names for 2 category ids"):
+        coco_metric.CocoEvaluator(category_ids=[1, 2], class_names=["a", "b", "c"])

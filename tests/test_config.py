@@ -96,7 +96,11 @@ def test_flagfile_cycle_is_an_error(tmp_path):
       "--anchors.steps="], "anchors.min_sizes", "6 levels"),
     (["--anchors.min_sizes=a,b"], "anchors.min_sizes", "comma-separated numbers"),
     (["--train.lr_boundaries=20,10"], "train.lr_boundaries", "strictly increasing"),
-    (["--data.class_names=a,b"], "data.class_names", "20 names"),
+    (["--model.num_classes=20", "--data.class_names=a,b"], "data.class_names", "20 names"),
+    (["--model.num_classes=-1"], "model.num_classes", "0 (from the training data)"),
+    (["--train.best_metric=AP"], "train.best_metric", "mAP_07, mAP_area"),
+    (["--eval.metric=coco", "--train.best_metric=mAP_07"], "train.best_metric", "AP, AP50"),
+    (["--train.patience=3"], "train.patience", "--train.eval_every_steps"),
     (["--export.tflite=fp64"], "export.tflite", "fp32, fp16, dynamic, int8"),
 ])
 def test_invalid_values_raise_naming_the_flag_and_the_allowed_values(argv, flag, allowed):
@@ -122,3 +126,10 @@ def test_replace_updates_leaves():
     assert cfg.model.width == 0.25 and cfg.train.batch_size == 2 and cfg.model.depth == 34
     with pytest.raises(config.ConfigError):
         config.replace(cfg, train__batch_size=0)
+
+
+def test_best_metric_choices_are_what_evaluation_reports():
+    from scratchdet_tf.evaluation import coco_metric
+
+    assert config.METRIC_KEYS["coco"] == coco_metric.COCO_STAT_NAMES
+    assert [config.headline_metric(m) for m in ("voc07", "voc12", "coco")] == ["mAP_07", "mAP_area", "AP"]

@@ -61,8 +61,12 @@ def test_voc_results_last_line_is_the_metrics_json(voc_folders):
     assert metrics["per_class"]["bus"] == {"ap_07": None, "ap_area": None, "num_gt": 0}
     assert metrics["mAP_07"] == pytest.approx((28 / 33 + 1) / 2, abs=1e-12)
     assert metrics["mAP_area"] == pytest.approx((5 / 6 + 1) / 2, abs=1e-12)
-    assert lines[-3].split()[:4] == ["Method", "mAP", "aeroplane", "bicycle"]
-    assert lines[-2].split()[:2] == ["results", f"{100 * (28 / 33 + 1) / 2:.1f}"]  # the 11-point table
+    at = lines.index(next(line for line in lines if line.startswith("Method")))
+    assert lines[at].split()[:4] == ["Method", "mAP", "aeroplane", "bicycle"]
+    assert lines[at + 1].split()[:2] == ["results", f"{100 * (28 / 33 + 1) / 2:.1f}"]  # the 11-point table
+    table = [line.split() for line in lines[at + 2:-1]]  # then one row per class, and the mean
+    assert len(table) == 1 + len(annotations.VOC_CLASS_NAMES) + 1
+    assert table[1 + annotations.VOC_CLASS_NAMES.index("dog")] == ["dog", "2", f"{2800 / 33:.1f}", f"{500 / 6:.1f}"]
 
 
 def test_voc_errors_name_the_file(voc_folders, tmp_path):
@@ -101,9 +105,12 @@ def test_coco_results_last_line_equals_pycocotools(tmp_path):
 
     proc = _run(f"--coco_gt={gt_path}", f"--coco_results={res_path}")
     assert proc.returncode == 0, proc.stderr
-    stats = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert list(stats) == list(coco_metric.COCO_STAT_NAMES)
-    assert list(stats.values()) == coco_eval.stats.tolist()
+    lines = proc.stdout.strip().splitlines()
+    stats = json.loads(lines[-1])
+    assert list(stats) == [*coco_metric.COCO_STAT_NAMES, "per_class"]
+    assert [stats[name] for name in coco_metric.COCO_STAT_NAMES] == coco_eval.stats.tolist()
+    assert list(stats["per_class"]) == ["a", "b"] and stats["per_class"]["b"]["num_gt"] == 1
+    assert [line.split()[0] for line in lines[-5:-1]] == ["class", "a", "b", "mean"]
 
     proc = _run(f"--coco_gt={tmp_path / 'missing.json'}", f"--coco_results={res_path}")
     assert proc.returncode != 0 and "missing.json" in proc.stderr
@@ -138,11 +145,17 @@ def test_model_dir_evaluates_a_checkpoint_with_the_run_config_and_overrides(mode
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     metrics = json.loads(lines[-1])
-    assert set(metrics) == {"mAP_07", "mAP_area", "per_class", "step", "num_images"}
+    assert set(metrics) == {"mAP_07", "mAP_area", "per_class", "step", "num_images", "plots", "per_class_table"}
     assert metrics["step"] == 1 and metrics["num_images"] == 2  # the override; the rest is config.json's model
-    assert lines[-3].split() == ["Method", "mAP", "circle", "square", "triangle", "cross", "ring"]
-    with open(os.path.join(model_dir, "eval", "metrics.json")) as f:
+    assert lines[-10].split() == ["Method", "mAP", "circle", "square", "triangle", "cross", "ring"]
+    assert [line.split()[0] for line in lines[-8:-1]] == ["class", "circle", "square", "triangle", "cross", "ring",
+                                                          "mean"]
+    eval_dir = os.path.join(model_dir, "eval")
+    with open(os.path.join(eval_dir, "metrics.json")) as f:
         assert json.load(f)["step"] == 1
+    assert metrics["plots"] == [os.path.join(eval_dir, "pr_curves.png"), os.path.join(eval_dir, "confusion_matrix.png")]
+    assert all(os.path.getsize(path) > 10_000 for path in metrics["plots"])
+    assert metrics["per_class_table"] == os.path.join(eval_dir, "per_class.txt")
 
 
 def test_continuous_evaluates_the_newest_checkpoint_and_stops_at_max_steps(model_dir):

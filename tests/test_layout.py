@@ -1,7 +1,7 @@
 """The package's layering, checked on the source: which package may import which, no cycles, no flags in the library.
 
 Layers, lowest first (a package imports only its own layer and the ones below):
-config -> boxes -> models -> data -> evaluation, export -> training -> ablation, landscape -> cli.
+config -> boxes -> models -> data -> evaluation, export -> training, detector -> ablation, landscape -> cli.
 ``run_dir``, ``visualize`` and ``plots`` are leaf helpers any layer above ``data`` may use.
 """
 
@@ -22,9 +22,10 @@ ALLOWED = {
     "visualize": set(),
     "plots": set(),
     "run_dir": {"config", "models"},
-    "evaluation": {"config", "boxes", "models", "data", "run_dir", "visualize"},
+    "evaluation": {"config", "boxes", "models", "data", "run_dir", "visualize", "plots"},
     "export": {"config", "boxes", "models", "data"},
-    "training": {"config", "boxes", "models", "data", "run_dir", "evaluation"},
+    "training": {"config", "boxes", "models", "data", "run_dir", "evaluation", "plots"},
+    "detector": {"config", "boxes", "models", "data", "run_dir", "evaluation", "export", "visualize"},
     "ablation": {"config", "run_dir", "training", "evaluation"},
     "landscape": {"plots", "run_dir"},
 }

@@ -10,8 +10,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from scratchdet_tf.cli import detect as detect_tool
 from scratchdet_tf.data import annotations, images, readers
+from scratchdet_tf.detector import load_image
 
 VOC_XML = """<annotation><size><width>{w}</width><height>{h}</height><depth>3</depth></size>{objects}</annotation>"""
 VOC_OBJECT = ("<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{x0}</xmin>"
@@ -97,7 +97,7 @@ def test_voc_boxes_are_normalized_edges_with_difficult_and_string_ids(tmp_path):
 def test_voc_bad_annotations_are_repaired_or_skipped_and_named(tmp_path):
     root = write_voc(tmp_path / "VOC", {
         "a": voc_xml(dict(name="cat", difficult=0, x0=-5, y0=3, x1=60, y1=10),    # clipped
-                     dict(name="unicorn", difficult=0, x0=1, y0=1, x1=5, y1=5),   # unknown class
+                     dict(name=" ", difficult=0, x0=1, y0=1, x1=5, y1=5),         # no name
                      dict(name="cat", difficult=0, x0=50, y0=3, x1=70, y1=10)),   # no area inside
         "b": None,  # missing XML
         "c": BILLION_LAUGHS,
@@ -112,11 +112,90 @@ def test_voc_bad_annotations_are_repaired_or_skipped_and_named(tmp_path):
     files = records.problems.files
     assert files["box outside the image, clipped"] == [os.path.join(root, "Annotations", "a.xml")]
     assert len(files["box with no area inside the image, dropped"]) == 1
-    assert files["unknown class 'unicorn', object skipped"] == [os.path.join(root, "Annotations", "a.xml")]
+    assert files["object without a <name>, skipped"] == [os.path.join(root, "Annotations", "a.xml")]
     assert files["missing annotation file, image skipped"] == [os.path.join(root, "Annotations", "b.xml")]
     rejected = [f for kind, fs in files.items() if kind.startswith("unreadable annotation") for f in fs]
     assert sorted(os.path.basename(f) for f in rejected) == ["c.xml", "d.xml", "e.xml"]
     assert records.problems.count == 7 and "a.xml" in records.problems.summary()
+
+
+# --- VOC class names: given, from labelmap.txt, or from the devkit's XML ---
+
+
+def test_voc_class_names_come_from_all_of_the_devkits_xml(tmp_path):
+    root = write_voc(tmp_path / "VOC", {
+        "a": voc_xml(dict(name="giraffe", difficult=0, x0=1, y0=1, x1=20, y1=10),
+                     dict(name=" okapi ", difficult=1, x0=21, y0=11, x1=40, y1=20)),
+        "b": voc_xml(dict(name="Zebra", difficult=0, x0=11, y0=6, x1=30, y1=15))}, image_set="val")
+    for image_set, ids in (("train", "a"), ("val", "b")):
+        with open(os.path.join(root, "ImageSets", "Main", f"{image_set}.txt"), "w") as f:
+            f.write(ids + "\n")
+    with open(os.path.join(root, "Annotations", "junk.xml"), "w") as f:
+        f.write("<annotation><object>")  # unreadable and in no image set: not a class source, not an error
+    expected = ("Zebra", "giraffe", "okapi")  # sorted by code point, stripped, case kept
+    assert annotations.voc_class_names(root) == expected
+    for image_set in ("train", "val"):  # the whole folder names the classes, so both sets agree
+        assert readers.source_info(f"voc:{root}:{image_set}").class_names == expected
+    train = {e["image_id"]: e for e in as_list(readers.read(f"voc:{root}:train")[0])}
+    np.testing.assert_allclose(train[b"a"]["boxes"], [[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]], atol=1e-6)
+    np.testing.assert_array_equal(train[b"a"]["labels"], [1, 2])
+    np.testing.assert_array_equal(train[b"a"]["difficult"], [False, True])
+    ds, info = readers.read(f"voc:{root}:val")
+    assert info.class_names == expected and [list(e["labels"]) for e in as_list(ds)] == [[0]]
+
+
+def test_voc_devkit_of_pascal_classes_keeps_pascal_order(tmp_path):
+    root = write_voc(tmp_path / "VOC", {"a": voc_xml(dict(name="Person", difficult=0, x0=1, y0=1, x1=9, y1=9),
+                                                     dict(name="tvmonitor", difficult=0, x0=1, y0=1, x1=9, y1=9))})
+    assert annotations.voc_class_names(root) == annotations.VOC_CLASS_NAMES
+    assert readers.source_info(f"voc:{root}:trainval").class_names == annotations.VOC_CLASS_NAMES
+    ds, info = readers.read(f"voc:{root}:trainval")
+    assert info.class_names == annotations.VOC_CLASS_NAMES
+    assert [list(e["labels"]) for e in as_list(ds)] == [[14, 19]]  # person, tvmonitor in PASCAL's order
+
+
+def test_voc_labelmap_txt_gives_names_and_order(tmp_path):
+    root = write_voc(tmp_path / "VOC", {"a": voc_xml(dict(name="giraffe", difficult=0, x0=1, y0=1, x1=9, y1=9),
+                                                     dict(name="zebra", difficult=0, x0=1, y0=1, x1=9, y1=9))})
+    with open(os.path.join(root, "labelmap.txt"), "w") as f:  # CVAT's Pascal VOC 1.1 export
+        f.write("# label:color_rgb:parts:actions\nbackground:0,0,0::\nzebra:250,50,83::\nokapi:1,2,3::\n"
+                "giraffe:24,50,83::\n")
+    info = readers.source_info(f"voc:{root}:trainval")
+    assert info.class_names == ("zebra", "okapi", "giraffe")
+    (example,) = as_list(readers.read(f"voc:{root}:trainval")[0])
+    np.testing.assert_array_equal(example["labels"], [2, 0])
+    with open(os.path.join(root, "labelmap.txt"), "w") as f:
+        f.write("background:0,0,0::\nzebra:250,50,83::\n")
+    with pytest.raises(ValueError, match=r"a\.xml: object class 'giraffe' is not one of the 1 classes "
+                                         r"\['zebra'\] \(.*labelmap\.txt\)"):
+        readers.read(f"voc:{root}:trainval")
+
+
+def test_voc_with_fixed_class_names_uses_their_order_and_rejects_other_classes(tmp_path):
+    root = write_voc(tmp_path / "VOC", {"a": voc_xml(dict(name="dog", difficult=0, x0=1, y0=1, x1=9, y1=9)),
+                                        "b": voc_xml(dict(name="Cat", difficult=0, x0=1, y0=1, x1=9, y1=9),
+                                                     dict(name="giraffe", difficult=0, x0=1, y0=1, x1=9, y1=9))})
+    with open(os.path.join(root, "ImageSets", "Main", "a.txt"), "w") as f:
+        f.write("a\n")
+    ds, info = readers.read(f"voc:{root}:a", class_names=("cat", "dog", "emu"))
+    assert info.class_names == ("cat", "dog", "emu")
+    assert [list(e["labels"]) for e in as_list(ds)] == [[1]]
+    assert readers.source_info(f"voc:{root}:a", class_names=("cat", "dog", "emu")).class_names == ("cat", "dog", "emu")
+    xml = os.path.join(root, "Annotations", "b.xml")
+    with pytest.raises(ValueError, match=rf"{xml}: object class 'giraffe' is not one of the 3 classes "
+                                         r"\['cat', 'dog', 'emu'\] \(--data.class_names\)"):
+        readers.read(f"voc:{root}:trainval", class_names=("cat", "dog", "emu"))
+
+
+def test_given_class_names_must_equal_a_coco_sources_own(tmp_path):
+    path, image_dir = write_coco(tmp_path, [(1, "x.jpg", 8, 8)], [])
+    uri = f"coco:{path}:{image_dir}"
+    assert readers.read(uri, class_names=("cat", "dog", "emu"))[1].class_names == ("cat", "dog", "emu")
+    for call in (lambda: readers.read(uri, class_names=("dog", "cat", "emu")),
+                 lambda: readers.source_info(uri, class_names=("cat", "dog"))):
+        with pytest.raises(ValueError, match=r"has the classes \['cat', 'dog', 'emu'\] but --data.class_names gives "
+                                             r".*leave --data.class_names empty to use the data's"):
+            call()
 
 
 def test_missing_image_set_file_raises_naming_it(tmp_path):
@@ -390,7 +469,7 @@ def test_exif_orientation_is_ignored_alike_by_readers_serving_and_detect(tmp_pat
         assert stored.getexif()[0x0112] == 6
     from_reader = as_list(readers.read(f"coco:{path}:{image_dir}", training=False)[0])[0]["image"]
     served = images.decode(tf.constant(open(os.path.join(image_dir, "turned.jpg"), "rb").read())).numpy()
-    detected = detect_tool.read_image(os.path.join(image_dir, "turned.jpg"))
+    detected = load_image(os.path.join(image_dir, "turned.jpg"))  # tools/detect.py reads files with it
     for got in (from_reader, served, detected):
         assert got.shape == (20, 40, 3)
         assert got[:, :20, 0].mean() > 200 and got[:, 20:, 0].mean() < 40  # red stays on the left

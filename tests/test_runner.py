@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import tiny_config
+from PIL import Image
 from tensorflow.core.util import event_pb2
 
 from scratchdet_tf import config, run_dir
-from scratchdet_tf.data import shapes
-from scratchdet_tf.evaluation import devkit, runner
+from scratchdet_tf.data import readers, shapes
+from scratchdet_tf.evaluation import confusion, devkit, runner
 from scratchdet_tf.models import ssd
 
 NUM_IMAGES = 4
@@ -64,19 +65,30 @@ def ground_truth_predict_fn(instances):
 def test_tiny_model_evaluates_end_to_end(tiny, tmp_path, capsys):
     cfg, model, anchors = tiny
     metrics = runner.evaluate(cfg, model, anchors, output_dir=str(tmp_path), step=7)
-    assert set(metrics) == {"mAP_07", "mAP_area", "per_class", "num_images", "step"}
+    assert set(metrics) == {"mAP_07", "mAP_area", "per_class", "num_images", "step", "plots", "per_class_table"}
     assert list(metrics["per_class"]) == list(shapes.CLASS_NAMES)
     assert metrics["num_images"] == NUM_IMAGES and metrics["step"] == 7
     assert 0.0 <= metrics["mAP_07"] <= 1.0 and 0.0 <= metrics["mAP_area"] <= 1.0
     with open(tmp_path / runner.METRICS_FILE) as f:
         written = json.load(f)
     assert written["mAP_07"] == pytest.approx(metrics["mAP_07"]) and written["step"] == 7
-    header, row = capsys.readouterr().out.strip().splitlines()[-2:]
-    assert header.split() == ["Method", "mAP", *shapes.CLASS_NAMES] and row.split()[0] == model.name
+    lines = capsys.readouterr().out.strip().splitlines()
+    at = [line.split()[0] if line.split() else "" for line in lines].index("Method")
+    assert lines[at].split() == ["Method", "mAP", *shapes.CLASS_NAMES] and lines[at + 1].split()[0] == model.name
+    table = lines[at + 2:]  # then the per-class table: header, one row per class, mean
+    assert [line.split()[0] for line in table] == ["class", *shapes.CLASS_NAMES, "mean"]
+    with open(metrics["per_class_table"]) as f:
+        assert f.read().splitlines() == table
+    assert written["plots"] == metrics["plots"] == [str(tmp_path / runner.PR_CURVES_FILE),
+                                                    str(tmp_path / runner.CONFUSION_FILE)]
+    for path in metrics["plots"]:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and min(image.size) >= 300
 
     metrics = runner.evaluate(config.replace(cfg, eval__metric="coco"), model, anchors, num_images=2)
     assert list(metrics)[:12] == ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm",
                                   "ARl"]
+    assert list(metrics["per_class"]) == list(shapes.CLASS_NAMES) and "plots" not in metrics
     assert metrics["num_images"] == 2 and "Method" in capsys.readouterr().out
 
 
@@ -96,11 +108,66 @@ def test_ground_truth_as_predictions_scores_one(data, tmp_path):
     assert voc["mAP_07"] == pytest.approx(1.0, abs=1e-12) and voc["mAP_area"] == pytest.approx(1.0, abs=1e-12)
     assert voc["num_images"] == NUM_IMAGES
     assert sum(v["num_gt"] for v in voc["per_class"].values()) == len(data["instances"]["annotations"])
-    coco = runner.evaluate_predict_fn(predict, data["source"], metric="coco")
+    coco = runner.evaluate_predict_fn(predict, data["source"], metric="coco", output_dir=str(tmp_path / "coco"))
     for name in ("AP", "AP50", "AP75", "AR100"):
         assert coco[name] == pytest.approx(1.0, abs=1e-12), name
+    for values in coco["per_class"].values():  # per class: 1, or nan for a class absent from these images
+        assert values["num_gt"] == 0 or values["AP"] == pytest.approx(1.0, abs=1e-12)
+    assert sum(v["num_gt"] for v in coco["per_class"].values()) == len(data["instances"]["annotations"])
+    # Ground truth as detections: a diagonal confusion matrix, drawn; the table has one row per class.
+    images = [_GtImage(a, data["instances"]) for a in data["instances"]["images"]]
+    matrix = confusion.confusion_matrix(images, len(shapes.CLASS_NAMES))
+    assert np.count_nonzero(matrix - np.diag(np.diag(matrix))) == 0 and matrix.sum() == len(
+        data["instances"]["annotations"])
+    assert [os.path.basename(p) for p in coco["plots"]] == ["pr_curves.png", "confusion_matrix.png"]
+    assert all(os.path.getsize(p) > 10_000 for p in coco["plots"])
     for name in ("APs", "APm", "APl"):  # -1: no object of that size
         assert coco[name] == pytest.approx(1.0, abs=1e-12) or coco[name] == -1.0, name
+
+
+class _GtImage:
+    """An image of a COCO instances dict with its ground truth as detections (normalized yxyx)."""
+
+    def __init__(self, image, instances):
+        h, w = image["height"], image["width"]
+        anns = [a for a in instances["annotations"] if a["image_id"] == image["id"]]
+        category_ids = sorted(c["id"] for c in instances["categories"])
+        self.gt_boxes = np.array([[y / h, x / w, (y + bh) / h, (x + bw) / w] for x, y, bw, bh in
+                                  (a["bbox"] for a in anns)]).reshape(-1, 4)
+        self.gt_labels = np.array([category_ids.index(a["category_id"]) for a in anns], np.int64)
+        self.gt_difficult = np.zeros(len(anns), bool)
+        self.det_boxes, self.det_labels, self.det_scores = self.gt_boxes, self.gt_labels, np.ones(len(anns))
+
+
+def test_coco_metric_on_a_source_with_string_image_ids(tmp_path):
+    """A VOC folder whose image ids are file stems: without an instances JSON, COCO numbers them 1..N."""
+    devkit_dir = tmp_path / "VOC"
+    boxes = {"img_a": [("dog", [11, 21, 60, 90]), ("cat", [70, 5, 120, 50])], "img_b": [("dog", [5, 5, 40, 44])]}
+    for k, (stem, objects) in enumerate(boxes.items()):
+        (devkit_dir / "JPEGImages").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (128 + 8 * k, 96)).save(devkit_dir / "JPEGImages" / f"{stem}.jpg")
+        objs = "".join(f"<object><name>{n}</name><difficult>0</difficult><bndbox><xmin>{b[0]}</xmin>"
+                       f"<ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+                       for n, b in objects)
+        (devkit_dir / "Annotations").mkdir(exist_ok=True)
+        (devkit_dir / "Annotations" / f"{stem}.xml").write_text(
+            f"<annotation><size><width>{128 + 8 * k}</width><height>96</height></size>{objs}</annotation>")
+    (devkit_dir / "ImageSets" / "Main").mkdir(parents=True)
+    (devkit_dir / "ImageSets" / "Main" / "test.txt").write_text("img_a\nimg_b\n")
+    source = f"voc:{devkit_dir}:test"
+    dataset, _ = readers.read(source, training=False)
+    by_size = {tuple(e["image"].shape[:2]): (e["boxes"].numpy(), e["labels"].numpy()) for e in dataset}
+    assert len(by_size) == 2
+
+    def predict(images):
+        gt_boxes, labels = by_size[images.shape[1:3]]
+        return {"boxes": gt_boxes[None], "scores": np.ones((1, len(labels))), "classes": labels[None],
+                "num_detections": np.array([len(labels)])}
+
+    metrics = runner.evaluate_predict_fn(predict, source, metric="coco")
+    assert metrics["AP"] == pytest.approx(1.0, abs=1e-12) and metrics["num_images"] == 2
+    assert metrics["per_class"]["dog"]["num_gt"] == 2 and metrics["per_class"]["cat"]["num_gt"] == 1
+    assert np.isnan(metrics["per_class"]["bus"]["AP"])
 
 
 def test_unlabelled_sets_write_the_server_files(data, tiny, tmp_path):

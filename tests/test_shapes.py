@@ -81,3 +81,50 @@ def test_bad_object_options_are_named(tmp_path):
         shapes.write_dataset(str(tmp_path), 1, 1, max_objects=0)
     run = run_tool("make_shapes", f"--out_dir={tmp_path}", "--object_size=0.3")
     assert run.returncode != 0 and "--object_size takes two numbers" in run.stderr
+
+
+def test_coco_voc_and_yolo_layouts_hold_the_same_boxes_and_labels(tmp_path):
+    from scratchdet_tf.data import annotations, readers, yolo
+
+    custom = ("disc", "box", "wedge", "plus", "hoop")
+    paths = {layout: shapes.write_dataset(str(tmp_path / layout), num_train=3, num_val=2, seed=2, layout=layout,
+                                          class_names=custom if layout == "voc" else shapes.CLASS_NAMES)
+             for layout in shapes.LAYOUTS}
+    assert shapes.source_uris(str(tmp_path / "yolo"), "yolo")["val"] == f"yolo:{tmp_path / 'yolo' / 'data.yaml'}:val"
+    for split in ("train", "val"):
+        # The reference: the COCO JSON's [x, y, w, h] pixel edges, normalized by hand.
+        coco = json.load(open(paths["coco"][split]))
+        expected = []
+        for image in coco["images"]:
+            anns = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+            h, w = image["height"], image["width"]
+            expected.append(([[y / h, x / w, (y + bh) / h, (x + bw) / w] for x, y, bw, bh in (a["bbox"] for a in anns)],
+                             [a["category_id"] - 1 for a in anns], 1 / min(h, w)))
+        got = {
+            "coco": annotations.read_coco(paths["coco"][split], os.path.dirname(paths["coco"][split]), training=True),
+            "voc": annotations.read_voc(str(tmp_path / "voc"), split, ()),  # names from its labelmap.txt
+            "yolo": yolo.read_yolo(paths["yolo"][split], split),
+        }
+        assert got["voc"].class_names == custom and got["yolo"].class_names == got["coco"].class_names
+        assert readers.source_info(shapes.source_uris(str(tmp_path / "voc"), "voc")[split]).class_names == custom
+        for layout, records in got.items():
+            assert len(records.files) == len(expected) and records.problems.count == 0, layout
+            for (boxes, labels, pixel), got_boxes, got_labels in zip(expected, records.boxes, records.labels):
+                np.testing.assert_allclose(got_boxes, boxes, atol=pixel if layout == "voc" else 1e-5, err_msg=layout)
+                np.testing.assert_array_equal(got_labels, labels, err_msg=layout)
+        assert [os.path.basename(f) for f in got["voc"].files] == [
+            f"{'12'[split == 'val']}{i + 1:06d}.jpg" for i in range(len(expected))]  # one folder: ids differ by split
+        assert got["yolo"].image_ids == [f"images/{split}/{i + 1:06d}" for i in range(len(expected))]
+
+
+def test_make_shapes_tool_writes_a_layout_and_prints_its_uris(tmp_path):
+    from scratchdet_tf.data import readers
+
+    out = run_tool("make_shapes", f"--out_dir={tmp_path}", "--num_train=2", "--num_val=1", "--layout=yolo",
+                   "--class_names=a,b,c,d,e", check=True)
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["layout"] == "yolo" and summary["class_names"] == ["a", "b", "c", "d", "e"]
+    assert summary["train_source"] == f"yolo:{tmp_path}/data.yaml:train"
+    assert summary["val_source"] == f"yolo:{tmp_path}/data.yaml:val"
+    assert readers.read(summary["val_source"], decode=False)[1].num_examples == 1
+    assert readers.source_info(summary["train_source"]).class_names == ("a", "b", "c", "d", "e")

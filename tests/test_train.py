@@ -18,7 +18,7 @@ from conftest import ROOT, cli_flags, run_tool, tiny_train_config, tool_command
 from scratchdet_tf import config, run_dir
 from scratchdet_tf.cli import config_flags
 from scratchdet_tf.config import flagfile
-from scratchdet_tf.data import pipeline
+from scratchdet_tf.data import pipeline, shapes
 from scratchdet_tf.models import ssd
 from scratchdet_tf.training import losses, optim, train_lib
 
@@ -79,7 +79,9 @@ def test_run_writes_config_json_and_a_rerunnable_flagfile(shapes_dir, tmp_path):
     fv = flags.FlagValues()
     config_flags.define_flags(fv)
     fv(["prog"] + flagfile.expand([f"--flagfile={tmp_path / 'flags.cfg'}"]))
-    assert config_flags.config_from_flags(fv) == cfg == run_dir.load_config(str(tmp_path))
+    assert config_flags.config_from_flags(fv) == run_dir.load_config(str(tmp_path))
+    # What the run computes is the given config with its classes taken from the data.
+    assert run_dir.load_config(str(tmp_path)) == config.replace(cfg, data__class_names=shapes.CLASS_NAMES)
     assert glob.glob(str(tmp_path / "train" / "events.out.tfevents.*"))
 
 
@@ -221,7 +223,7 @@ def test_paper_config_trains_two_steps_at_its_real_size(path, shapes_dir, tmp_pa
     config_flags.define_flags(fv)
     fv(["prog"] + flagfile.expand([
         f"--flagfile={path}", f"--data.train_source=shapes:{shapes_dir}", "--train.batch_size=2",
-        "--train.max_steps=2", "--train.init_checkpoint="]))
+        "--train.max_steps=2", "--train.init_checkpoint=", "--model.num_classes=0"]))
     cfg = config_flags.config_from_flags(fv)
     keras.backend.clear_session()
     result = train_lib.train(cfg, str(tmp_path))

@@ -282,3 +282,37 @@ def test_voc_evaluator_equals_voc_evaluate_on_pixels():
     assert evaluator.result() == voc_metric.voc_evaluate(dets, gts, ["a", "b", "c"])
     with pytest.raises(ValueError, match="'im0' added twice"):
         evaluator.add("im0", np.zeros((0, 4)), [], [], np.zeros((0, 4)), [], [], (height, width))
+
+
+# ------------------------------------------------------------------------------------ curves
+
+
+def test_curves_are_the_hand_computed_points_and_give_the_aps():
+    # dog: TP, FP, ignored (on the difficult box), TP of 3 -> recall 1/3, 1/3, 2/3; precision 1, 1/2, 2/3.
+    hard = [200, 200, 220, 220]
+    gts = {"img": _gt([A, B, C, hard], [0, 0, 0, 0], difficult=[False, False, False, True]),
+           "other": _gt([NOWHERE], [1])}
+    dets = {"img": _det([A, NOWHERE, hard, B], [0.9, 0.8, 0.75, 0.7], [0, 0, 0, 0])}
+    curves = voc_metric.voc_curves(dets, gts, ["dog", "cat", "bus"])
+    recall, precision = curves["dog"]
+    np.testing.assert_allclose(recall, [1 / 3, 1 / 3, 2 / 3], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(precision, [1, 1 / 2, 2 / 3], rtol=0, atol=1e-15)
+    assert [a.size for a in curves["cat"]] == [0, 0]  # ground truth but no detection: empty curve
+    assert [a.size for a in curves["bus"]] == [0, 0]  # no ground truth
+    result = voc_metric.voc_evaluate(dets, gts, ["dog", "cat", "bus"])["per_class"]
+    for name, (recall, precision) in curves.items():
+        for use_07, key in ((True, "ap_07"), (False, "ap_area")):
+            if result[name]["num_gt"]:
+                assert voc_metric.voc_ap(recall, precision, use_07) == result[name][key]
+    assert result["dog"]["ap_07"] == pytest.approx(6 / 11, abs=1e-15)
+
+
+def test_evaluator_curves_on_normalized_boxes():
+    evaluator = voc_metric.VocEvaluator(["a", "b"])
+    evaluator.add("x", [[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]], [0, 1], [False, False],
+                  [[0, 0, 0.5, 0.5], [0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]], [0.9, 0.8, 0.7], [0, 0, 1], (100, 100))
+    curves = evaluator.curves()
+    np.testing.assert_array_equal(curves["a"][0], [1.0, 1.0])  # TP, then a duplicate (FP)
+    np.testing.assert_array_equal(curves["a"][1], [1.0, 0.5])
+    np.testing.assert_array_equal(curves["b"][0], [1.0])
+    assert evaluator.result()["per_class"]["a"]["ap_area"] == 1.0

@@ -42,7 +42,7 @@ def run_input_benchmark(source, image_size=300, seconds=10.0, batch_size=32, tfd
     from scratchdet_tf.models import ssd
 
     # The paper network's priors at this input size (VOC300: 8,732).
-    model_cfg = config.ModelConfig(image_size=image_size)
+    model_cfg = config.ModelConfig(image_size=image_size, num_classes=20)  # the head only sizes the priors
     model = ssd.build_model(model_cfg, config.AnchorConfig())
     priors = ssd.model_anchors(model, config.AnchorConfig(), image_size)
     data_cfg = config.DataConfig(train_source=source, tfds_data_dir=tfds_data_dir)

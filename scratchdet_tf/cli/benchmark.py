@@ -201,7 +201,7 @@ def run_infer():
               f"{result['images_per_sec']} images/s, {result['gflops_per_sec']} conv GFLOP/s")
         return {"mode": "infer", "model": FLAGS.model, "batch": FLAGS.batch, **result}
 
-    cfg = config_flags.config_or_exit(FLAGS)
+    cfg = config_flags.with_class_count(config_flags.config_or_exit(FLAGS))
     size = cfg.model.image_size
     model = ssd.build_model(cfg.model, cfg.anchors)
     anchors = ssd.model_anchors(model, cfg.anchors, size)
@@ -241,14 +241,23 @@ def run_eval():
     return result
 
 
-def _fresh_shapes(num_train=500):
+def _fresh_shapes(num_classes=5, num_train=500):
+    """A new shapes dataset whose instances files list ``num_classes`` categories (the 5 shapes' ids 1..5
+    first: extra categories have no objects, shapes of ids past ``num_classes`` are dropped)."""
     import tempfile
 
     from scratchdet_tf.data import shapes
 
     root = tempfile.mkdtemp(prefix="bench_shapes_")
-    shapes.write_split(root, "train", num_train, seed=0)
-    shapes.write_split(root, "val", 10, seed=0)
+    for split, num_images in (("train", num_train), ("val", 10)):
+        path = shapes.write_split(root, split, num_images, seed=0)
+        if num_classes != len(shapes.CLASS_NAMES):
+            with open(path) as f:
+                data = json.load(f)
+            data["categories"] = [{"id": k, "name": f"class_{k}"} for k in range(1, num_classes + 1)]
+            data["annotations"] = [a for a in data["annotations"] if a["category_id"] <= num_classes]
+            with open(path, "w") as f:
+                json.dump(data, f)
     return root
 
 
@@ -282,7 +291,12 @@ def run_train():
     from scratchdet_tf.training import train_lib
 
     cfg = config_flags.config_or_exit(FLAGS)
-    cfg = config.replace(cfg, data__train_source=FLAGS.source or f"shapes:{_fresh_shapes()}")
+    if FLAGS.source:
+        cfg = config_flags.with_class_count(config.replace(cfg, data__train_source=FLAGS.source))
+    else:  # the config's head (its class count, 20 if from the data) on shapes labelled with its first 5 classes
+        cfg = config_flags.with_class_count(cfg)
+        cfg = config.replace(cfg, data__train_source=f"shapes:{_fresh_shapes(cfg.model.num_classes)}",
+                             data__class_names=())
     keras.backend.clear_session()
     macs = ssd.conv_macs(ssd.build_model(cfg.model, cfg.anchors))
     result = {"mode": "train", "config": cfg.model.backbone, "image_size": cfg.model.image_size,

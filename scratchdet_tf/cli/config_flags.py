@@ -89,6 +89,22 @@ def config_or_exit(flag_values: flags.FlagValues = flags.FLAGS) -> config.Config
         sys.exit(1)
 
 
+def with_class_count(cfg: config.Config, fallback: int = 20) -> config.Config:
+    """``cfg`` with ``model.num_classes`` 0 ("from the data") made concrete, for tools that only build the network
+    (model_summary, benchmark): the training data's count when it can be read, else ``fallback`` (PASCAL VOC's 20),
+    said on stderr."""
+    if cfg.model.num_classes:
+        return cfg
+    from scratchdet_tf.data import class_names  # reads annotation files or TFDS metadata
+
+    try:
+        return class_names.resolve(cfg)
+    except (OSError, ValueError, ImportError) as err:
+        print(f"--model.num_classes=0 and the classes of {cfg.data.train_source!r} are unavailable ({err}); "
+              f"counting with {fallback} classes", file=sys.stderr)
+        return config.replace(cfg, model__num_classes=fallback)
+
+
 def run_main(main, doc: str) -> None:
     """Runs a tool's ``main`` under ``absl.app`` with flagfile expansion (``parse_argv``).
 

@@ -12,15 +12,15 @@ import os
 import sys
 import time
 
-import numpy as np
 from absl import flags, logging
 from PIL import Image
 
-from scratchdet_tf import plots, run_dir, visualize
+from scratchdet_tf import plots, run_dir
 from scratchdet_tf.cli import config_flags
 from scratchdet_tf.data import shapes
+from scratchdet_tf.detector import Detector
 from scratchdet_tf.evaluation import runner
-from scratchdet_tf.export import info, predictor, saved_model
+from scratchdet_tf.export import saved_model
 from scratchdet_tf.training import losses, train_lib, training_log
 
 FLAGS = flags.FLAGS
@@ -56,14 +56,11 @@ def main(argv):
     export_dir = os.path.join(FLAGS.model_dir, "export")
     saved_model.export_saved_model(restored.model, restored.anchors, cfg, export_dir,
                                    checkpoint=restored.checkpoint, step=restored.step)
-    predict = predictor.load_predict_fn(export_dir)
-    names = info.class_names_of(export_dir)
+    detector = Detector.from_export(export_dir)
     drawn_dir = os.path.join(FLAGS.model_dir, "detections")
     os.makedirs(drawn_dir, exist_ok=True)
     for path in sorted(glob.glob(os.path.join(data_dir, "val", "*.jpg")))[:FLAGS.num_drawn]:
-        image = np.asarray(Image.open(path).convert("RGB"))
-        drawn = visualize.draw_result(image, predict(image[None]), names, index=0)
-        Image.fromarray(drawn).save(os.path.join(drawn_dir, os.path.basename(path)[:-4] + ".png"))
+        Image.fromarray(detector.draw(path)).save(os.path.join(drawn_dir, os.path.basename(path)[:-4] + ".png"))
 
     # Learning curves: the periodic evaluations during training, then the final one at the last step.
     records = training_log.read(FLAGS.model_dir)

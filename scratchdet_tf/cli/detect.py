@@ -14,13 +14,12 @@ import json
 import os
 import sys
 
-import numpy as np
 from absl import app, flags, logging
 from PIL import Image
 
-from scratchdet_tf import visualize
 from scratchdet_tf.cli import config_flags
-from scratchdet_tf.export import calibration, info, predictor
+from scratchdet_tf.detector import Detector, load_image
+from scratchdet_tf.export import calibration
 
 flags.DEFINE_string("model", None, "SavedModel folder or .tflite file.")
 flags.DEFINE_string("images", None, "An image file or a folder of images (jpg, jpeg, png, bmp, gif).")
@@ -44,19 +43,6 @@ def image_files(path: str) -> list:
     raise FileNotFoundError(f"--images={path} is neither a file nor a folder")
 
 
-def read_image(path: str) -> np.ndarray:
-    """uint8 [H, W, 3] RGB of an image file.
-
-    Raises:
-      OSError: unreadable or corrupt file; ValueError: an empty image.
-    """
-    with Image.open(path) as image:
-        pixels = np.asarray(image.convert("RGB"))
-    if pixels.size == 0:
-        raise ValueError("empty image")
-    return pixels
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -64,36 +50,31 @@ def main(argv):
         raise app.UsageError("--model, --images and --out_dir are required")
     try:
         files = image_files(FLAGS.images)
-        predict = predictor.load_predict_fn(FLAGS.model, num_threads=FLAGS.num_threads)
+        detector = Detector.from_export(FLAGS.model, score_threshold=FLAGS.score_threshold,
+                                        num_threads=FLAGS.num_threads)
     except (OSError, ValueError) as err:
         sys.exit(f"detect.py: error: {err}")
-    class_names = info.class_names_of(FLAGS.model)
     os.makedirs(FLAGS.out_dir, exist_ok=True)
 
     results, skipped, num_detections, used_names = [], [], 0, set()
     for path in files:
         try:
-            image = read_image(path)
+            image = load_image(path)
+            result = detector.predict(image)
         except (OSError, ValueError) as err:
             logging.warning("skipping unreadable image %s: %s", path, err)
             skipped.append(path)
             continue
-        boxes, labels, scores = visualize.confident(predict(image), FLAGS.score_threshold, index=0)
-        drawn = visualize.draw_detections(image, boxes, labels, scores, class_names)
         name = os.path.splitext(os.path.basename(path))[0] + ".png"
         if name in used_names:  # a.jpg and a.png in one folder
             name = os.path.basename(path).replace(".", "_") + ".png"
         used_names.add(name)
-        Image.fromarray(drawn).save(os.path.join(FLAGS.out_dir, name))
-        num_detections += len(scores)
-        results.append({
-            "file": path, "output": name, "height": image.shape[0], "width": image.shape[1],
-            "detections": [{"box": [round(float(c), 5) for c in box], "label": int(label),
-                            "class": class_names[label] if 0 <= label < len(class_names) else str(label),
-                            "score": round(float(score), 5)}
-                           for box, label, score in zip(boxes, labels, scores)],
-        })
-        print(f"{path}: {len(scores)} detections >= {FLAGS.score_threshold}")
+        Image.fromarray(detector.draw(image, result)).save(os.path.join(FLAGS.out_dir, name))
+        num_detections += len(result)
+        height, width = result.image_size
+        results.append({"file": path, "output": name, "height": height, "width": width,
+                        "detections": result.to_json()})
+        print(f"{path}: {len(result)} detections >= {FLAGS.score_threshold}")
     if skipped:
         logging.warning("skipped %d unreadable image(s): %s", len(skipped), ", ".join(skipped))
     with open(os.path.join(FLAGS.out_dir, "detections.json"), "w") as f:

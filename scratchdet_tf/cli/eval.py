@@ -8,9 +8,11 @@
 
 Model modes take the run's config (M/config.json; defaults without --model_dir) with the dotted config flags
 given on the command line applied on top (e.g. --eval.num_images=100 --eval.batch_size=1). Metrics go to
-<output_dir>/metrics.json (default M/eval); a test set without ground truth (VOC2012 test, COCO test-dev) gets
-the evaluation servers' results files there instead. Prints a table, then as its last line one JSON object
-with the metrics.
+<output_dir>/metrics.json (default M/eval, or DIR_eval beside a --saved_model), with the per-class table
+per_class.txt and the figures pr_curves.png (per-class precision-recall) and confusion_matrix.png; a test set
+without ground truth (VOC2012 test, COCO test-dev) gets the evaluation servers' results files there instead.
+Prints the paper's one-line table and a per-class table, then as its last line one JSON object with the
+metrics (in model modes with "plots": the PNG paths, and "per_class_table").
 """
 
 import os
@@ -29,7 +31,8 @@ flags.DEFINE_string("checkpoint", None, "Checkpoint prefix to evaluate instead o
 flags.DEFINE_string("saved_model", None, "Exported SavedModel folder (serving_default: uint8 images -> detections) "
                     "or a .tflite file written by tools/export.py.")
 flags.DEFINE_string("source", None, "Data source URI to evaluate on (default: --data.val_source of the config).")
-flags.DEFINE_string("output_dir", None, "Where metrics.json / test-set results go (default M/eval).")
+flags.DEFINE_string("output_dir", None, "Where metrics.json, per_class.txt and the plots (or test-set results) go "
+                    "(default M/eval).")
 flags.DEFINE_bool("continuous", False, "Evaluate each new checkpoint in --model_dir until train.max_steps.")
 flags.DEFINE_float("timeout", 3600.0, "--continuous: stop after this many seconds without a new checkpoint.")
 flags.DEFINE_string("voc_devkit", None, "VOC devkit year folder, e.g. VOCdevkit/VOC2007 (Annotations, ImageSets).")
@@ -41,7 +44,7 @@ flags.DEFINE_string("coco_results", None, "COCO results JSON to score against --
 
 
 def score_voc_results():
-    """Prints the per-class table and returns the VOC metrics of --voc_results."""
+    """Prints the VOC tables and returns the VOC metrics of --voc_results."""
     if not FLAGS.voc_devkit:
         raise app.UsageError("--voc_results needs --voc_devkit")
     ground_truths = devkit.read_ground_truth(FLAGS.voc_devkit, FLAGS.image_set, annotations.VOC_CLASS_NAMES)
@@ -49,15 +52,17 @@ def score_voc_results():
     metrics = voc_metric.voc_evaluate(detections, ground_truths, annotations.VOC_CLASS_NAMES)
     method = os.path.basename(os.path.normpath(FLAGS.voc_results))
     print(report.format_voc_table(metrics, FLAGS.use_07_metric, method=method))
+    print(report.format_per_class_table(metrics, metric="voc07" if FLAGS.use_07_metric else "voc12"))
     return metrics
 
 
 def score_coco_results():
-    """Prints the COCO table and returns the 12 stats of --coco_results."""
+    """Prints the COCO tables and returns the 12 stats and the per-class APs of --coco_results."""
     if not FLAGS.coco_gt:
         raise app.UsageError("--coco_results needs --coco_gt")
-    stats = coco_metric.coco_evaluate_json(FLAGS.coco_gt, FLAGS.coco_results)
+    stats = coco_metric.coco_evaluate_json(FLAGS.coco_gt, FLAGS.coco_results, per_class=True)
     print(report.format_coco_table(stats, method=os.path.basename(os.path.normpath(FLAGS.coco_results))))
+    print(report.format_per_class_table(stats, metric="coco"))
     return stats
 
 

@@ -25,7 +25,7 @@ def _part(layer_name: str) -> str:
 
 def main(argv):
     del argv
-    cfg = config_flags.config_or_exit(FLAGS)
+    cfg = config_flags.with_class_count(config_flags.config_or_exit(FLAGS))
     model = ssd.build_model(cfg.model, cfg.anchors)
     fm_sizes = ssd.feature_map_sizes(model)
     anchors = ssd.model_anchors(model, cfg.anchors, cfg.model.image_size)

@@ -40,6 +40,17 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 METRICS = ("voc07", "voc12", "coco")
 TFLITE_MODES = ("fp32", "fp16", "dynamic", "int8")
 LR_SCHEDULES = ("multistep", "cosine")
+# What each kind of evaluation reports (the first is its headline, what --train.best_metric defaults to):
+# VOC's 11-point and area mAP; COCOeval's 12 statistics (evaluation.coco_metric.COCO_STAT_NAMES).
+METRIC_KEYS = {
+    "voc": ("mAP_07", "mAP_area"),
+    "coco": ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"),
+}
+
+
+def headline_metric(eval_metric: str) -> str:
+    """The metric key a run's periodic evaluation ranks checkpoints by when ``train.best_metric`` is empty."""
+    return "mAP_area" if eval_metric == "voc12" else METRIC_KEYS["coco" if eval_metric == "coco" else "voc"][0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +164,9 @@ class ModelConfig:
     extra_channels: int = 128
     width: float = 1.0
     image_size: int = 300
-    num_classes: int = 20  # without background
+    # Foreground classes (background excluded); 0: as many as the training data has (set when training
+    # starts: class_names.resolve), so only the paper configs name it.
+    num_classes: int = 0
     backbone_bn: bool = True
     head_bn: bool = True
     l2norm: bool = False  # VGG16 only: SSD's L2Norm (scale 20) on conv4_3
@@ -183,7 +196,8 @@ class ModelConfig:
         _check(self.extra_channels > 0, "model.extra_channels", self.extra_channels, "must be > 0")
         _check(0.0 < self.width <= 4.0, "model.width", self.width, "a multiplier in (0, 4]")
         _check(32 <= self.image_size <= 2048, "model.image_size", self.image_size, "32 to 2048 pixels")
-        _check(self.num_classes >= 1, "model.num_classes", self.num_classes, "at least 1 (background excluded)")
+        _check(self.num_classes >= 0, "model.num_classes", self.num_classes,
+               "0 (from the training data) or the number of classes, background excluded")
         _check(not self.l2norm or self.backbone == "vgg16", "model.l2norm", self.l2norm,
                "only the vgg16 backbone has SSD's conv4_3 L2Norm")
         _check(0.0 <= self.bn_momentum < 1.0, "model.bn_momentum", self.bn_momentum, "must be in [0, 1)")
@@ -234,7 +248,12 @@ class TrainConfig:
     checkpoint_every_steps: int = 1000
     keep_checkpoints: int = 5
     log_every_steps: int = 20
+    # Periodic evaluation on data.val_source (0: off, the paper's runs). When on, the best checkpoint by
+    # best_metric ("" = the eval metric's headline: mAP_07, mAP_area or AP) is kept in <model_dir>/best/, and
+    # patience > 0 stops the run after that many evaluations without a new best.
     eval_every_steps: int = 0
+    best_metric: str = ""
+    patience: int = 0
     max_bad_steps: int = 10
     deterministic: bool = False
     seed: int = 0
@@ -265,6 +284,7 @@ class TrainConfig:
         _check(self.keep_checkpoints > 0, "train.keep_checkpoints", self.keep_checkpoints, "must be > 0")
         _check(self.log_every_steps > 0, "train.log_every_steps", self.log_every_steps, "must be > 0")
         _check(self.eval_every_steps >= 0, "train.eval_every_steps", self.eval_every_steps, "0 (off) or more")
+        _check(self.patience >= 0, "train.patience", self.patience, "0 (no early stopping) or more evaluations")
         _check(self.max_bad_steps > 0, "train.max_bad_steps", self.max_bad_steps, "must be > 0")
         _one_of("train.strategy", self.strategy, STRATEGIES)
         _one_of("train.mixed_precision", self.mixed_precision, PRECISIONS)
@@ -332,8 +352,14 @@ class Config:
         _check(self.anchors.num_levels == NUM_LEVELS, "anchors.min_sizes", self.anchors.min_sizes,
                f"{NUM_LEVELS} levels, one per detection feature map of --model.backbone={self.model.backbone}")
         names = self.data.class_names
-        _check(not names or len(names) == self.model.num_classes, "data.class_names", names,
-               f"{self.model.num_classes} names to match --model.num_classes")
+        _check(not names or not self.model.num_classes or len(names) == self.model.num_classes, "data.class_names",
+               names, f"{self.model.num_classes} names to match --model.num_classes")
+        keys = METRIC_KEYS["coco" if self.eval.metric == "coco" else "voc"]
+        _check(not self.train.best_metric or self.train.best_metric in keys, "train.best_metric",
+               self.train.best_metric, f"one of {', '.join(keys)} (the metrics of --eval.metric={self.eval.metric}), "
+               "or empty for the headline one")
+        _check(not self.train.patience or self.train.eval_every_steps, "train.patience", self.train.patience,
+               "early stopping needs periodic evaluation: set --train.eval_every_steps too")
 
 
 # Every backbone feeds six detection levels (38, 19, 10, 5, 3, 1 at 300x300).

@@ -1,4 +1,4 @@
-"""Annotation files (VOC devkit XML, COCO JSON) parsed once, in Python, into per-image records.
+"""Annotation files (VOC devkit XML, COCO JSON; YOLO labels in ``yolo``) parsed once, in Python, into records.
 
 Records hold what tf.data needs to load and augment an image: its file path, a string id
 and the data-contract boxes (normalized [ymin, xmin, ymax, xmax] float32 in pixel-edge
@@ -14,13 +14,20 @@ Coordinate conventions:
 - COCO category ids map to labels 0..C-1 in increasing id order (``category_ids[label]``
   is the id). Crowd boxes are dropped for training and kept as ``difficult`` for
   evaluation, so that VOC-style scoring ignores them.
+
+VOC class names: a fixed list (``--data.class_names``), else the devkit's own (``voc_class_names``:
+its ``labelmap.txt``, else the names found in its XML, where PASCAL's 20 stay PASCAL's order). An
+object's ``<name>`` (stripped) matches a class exactly, else case-insensitively when that identifies
+one class (so PASCAL's ``Person`` is ``person``); an object of no class is an error naming its file.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
+import logging
 import math
 import os
 from typing import Dict, List, Sequence, Tuple
@@ -181,14 +188,15 @@ def read_voc(devkit_dir: str, image_set: str, class_names: Sequence[str],
              max_pixels: int = DEFAULT_MAX_PIXELS) -> Records:
     """Reads ``<devkit_dir>/ImageSets/Main/<image_set>.txt`` and the XML of every listed image.
 
-    Objects of other classes, malformed boxes and images whose XML or JPEG is missing or
-    unreadable are skipped and logged. XML goes through defusedxml, which rejects entity
-    declarations (billion laughs, external entities) instead of expanding them.
+    Malformed boxes and images whose XML or JPEG is missing or unreadable are skipped and
+    logged. XML goes through defusedxml, which rejects entity declarations (billion laughs,
+    external entities) instead of expanding them.
 
     Args:
       devkit_dir: e.g. ``VOCdevkit/VOC2007`` (JPEGImages, Annotations, ImageSets/Main).
       image_set: e.g. ``trainval``.
-      class_names: the C class names in label order.
+      class_names: the C class names in label order (``--data.class_names``); empty: the devkit's
+        own (``voc_class_names``).
       max_pixels: images whose header declares more pixels are skipped (``oversized``).
 
     Returns:
@@ -196,15 +204,22 @@ def read_voc(devkit_dir: str, image_set: str, class_names: Sequence[str],
 
     Raises:
       FileNotFoundError: naming a missing devkit folder or image-set file.
+      ValueError: naming the XML file and the class of an object whose class is not one of the classes.
     """
     list_path = os.path.join(devkit_dir, "ImageSets", "Main", f"{image_set}.txt")
     if not os.path.isfile(list_path):
         raise FileNotFoundError(f"no such VOC image set file: {list_path}")
+    if class_names:
+        names_from = "--data.class_names"
+    else:
+        class_names = voc_class_names(devkit_dir)
+        labelmap = os.path.join(devkit_dir, LABELMAP_FILE)
+        names_from = labelmap if os.path.isfile(labelmap) else f"the classes found in {devkit_dir}/Annotations"
     with open(list_path) as f:
         ids = [line.split()[0] for line in f if line.strip()]
     jpeg_dir = os.path.join(devkit_dir, "JPEGImages")
     present = set(os.listdir(jpeg_dir)) if os.path.isdir(jpeg_dir) else set()
-    label_of = {name: i for i, name in enumerate(class_names)}
+    label_of = _class_matcher(class_names)
     records = Records(class_names=tuple(class_names))
     for image_id in ids:
         xml_path = os.path.join(devkit_dir, "Annotations", f"{image_id}.xml")
@@ -228,10 +243,14 @@ def read_voc(devkit_dir: str, image_set: str, class_names: Sequence[str],
         height, width = size
         boxes, labels, difficult = [], [], []
         for obj in root.iter("object"):
-            name = (obj.findtext("name") or "").strip().lower()
-            if name not in label_of:
-                records.problems.add(f"unknown class {name!r}, object skipped", xml_path)
+            name = (obj.findtext("name") or "").strip()
+            if not name:
+                records.problems.add("object without a <name>, skipped", xml_path)
                 continue
+            label = label_of(name)
+            if label is None:
+                raise ValueError(f"{xml_path}: object class {name!r} is not one of the {len(class_names)} classes "
+                                 f"{list(class_names)} ({names_from})")
             try:
                 xmin, ymin, xmax, ymax = (float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax"))
             except (TypeError, ValueError):
@@ -241,10 +260,94 @@ def read_voc(devkit_dir: str, image_set: str, class_names: Sequence[str],
             if box is None:
                 continue
             boxes.append(box)
-            labels.append(label_of[name])
+            labels.append(label)
             difficult.append((obj.findtext("difficult") or "0").strip() == "1")
         records.append(jpeg_path, image_id, boxes, labels, difficult)
     return records
+
+
+LABELMAP_FILE = "labelmap.txt"  # CVAT's Pascal VOC export: name:color:parts:actions per line
+
+
+def _class_matcher(class_names: Sequence[str]):
+    """name -> label: an exact match, else a case-insensitive one when it names one class only; else None."""
+    exact = {name: i for i, name in enumerate(class_names)}
+    folded = collections.defaultdict(list)
+    for i, name in enumerate(class_names):
+        folded[name.lower()].append(i)
+
+    def label_of(name: str) -> int | None:
+        if name in exact:
+            return exact[name]
+        matches = folded.get(name.lower(), [])
+        return matches[0] if len(matches) == 1 else None
+
+    return label_of
+
+
+def voc_class_names(devkit_dir: str) -> Tuple[str, ...]:
+    """The class names of a VOC devkit in label order, from its own files.
+
+    ``<devkit_dir>/labelmap.txt`` when present (CVAT's export: ``name:color:parts:actions`` lines,
+    ``#`` comments; ``background`` is left out), in its order. Else the ``<name>`` of every object in
+    every ``<devkit_dir>/Annotations/*.xml`` (all image sets alike, so that a devkit's train and val sets
+    agree; unreadable XML is left to the reader): ``VOC_CLASS_NAMES`` when each one is a PASCAL class
+    (case-insensitively, as PASCAL's XML has ``Person`` too; also when there is no object at all), else
+    the sorted (Python string order, case-sensitive) set of the stripped names. The scan is cached per
+    folder and folder modification time.
+
+    Args:
+      devkit_dir: e.g. ``VOCdevkit/VOC2007``.
+
+    Returns:
+      The C class names.
+
+    Raises:
+      FileNotFoundError: naming a missing Annotations folder (when there is no labelmap.txt).
+      ValueError: naming a labelmap.txt without any class.
+    """
+    labelmap = os.path.join(devkit_dir, LABELMAP_FILE)
+    if os.path.isfile(labelmap):
+        return _labelmap_names(labelmap)
+    folder = os.path.join(devkit_dir, "Annotations")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"no such VOC annotation folder: {folder}")
+    found = _annotated_names(os.path.realpath(folder), os.stat(folder).st_mtime_ns)
+    pascal = {name.lower() for name in VOC_CLASS_NAMES}
+    if all(name.lower() in pascal for name in found):
+        return VOC_CLASS_NAMES
+    logging.info("%s: classes from its XML: %s", folder, ", ".join(found))
+    return found
+
+
+def _labelmap_names(path: str) -> Tuple[str, ...]:
+    """The class names of a CVAT ``labelmap.txt`` (first field of each line), without ``background``."""
+    names = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            name = line.split(":", 1)[0].strip()
+            if line.lstrip().startswith("#") or not name or name.lower() == "background" or name in names:
+                continue
+            names.append(name)
+    if not names:
+        raise ValueError(f"{path}: no class names (lines name:color:parts:actions; background is left out)")
+    return tuple(names)
+
+
+@functools.lru_cache(maxsize=32)
+def _annotated_names(folder: str, mtime_ns: int) -> Tuple[str, ...]:
+    """The sorted set of object names in ``folder/*.xml`` (``mtime_ns`` keys the cache only)."""
+    del mtime_ns
+    names = set()
+    for file in os.listdir(folder):
+        if not file.endswith(".xml"):
+            continue
+        try:
+            root = defusedxml.ElementTree.parse(os.path.join(folder, file)).getroot()
+        except Exception:  # noqa: BLE001 - any unreadable XML: the reader reports it
+            continue
+        names.update(name for name in ((obj.findtext("name") or "").strip() for obj in root.iter("object")) if name)
+    return tuple(sorted(names))
 
 
 def read_coco(json_path: str, image_dir: str, training: bool, max_pixels: int = DEFAULT_MAX_PIXELS) -> Records:

@@ -80,7 +80,8 @@ def make_dataset(data_cfg, anchors, *, training: bool, image_size: int, batch_si
     """
     source = data_cfg.train_source if training else data_cfg.val_source
     ds, info = readers.read(source, tfds_data_dir=data_cfg.tfds_data_dir, training=training, decode=False,
-                            input_context=input_context, seed=seed, max_image_pixels=data_cfg.max_image_pixels)
+                            input_context=input_context, seed=seed, max_image_pixels=data_cfg.max_image_pixels,
+                            class_names=data_cfg.class_names)
     if training and info.num_boxes == 0:  # every loss term would be 0: a run that "finishes" having learned nothing
         problems = f" ({info.problems})" if info.problems else ""
         raise ValueError(f"{source}: no object is annotated in any of its {info.num_examples} usable images{problems}; "

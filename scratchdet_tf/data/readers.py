@@ -4,18 +4,28 @@ Every source yields ``{"image": uint8 [H, W, 3], "boxes": float32 [N, 4] normali
 [ymin, xmin, ymax, xmax], "labels": int32 [N] in 0..C-1, "difficult": bool [N],
 "image_id": string []}``. ``image_id`` is a string for every source so that joined
 sources share one dtype: the VOC file stem (``"000005"``), the COCO id in decimal
-(``"397133"``).
+(``"397133"``), the YOLO image path below the dataset root without extension
+(``"images/val/000001"``).
 
 URIs (several are joined with ``+`` before a scheme; a ``+`` inside a TFDS split is a
 split union):
 - ``tfds:voc/2007:train+validation``, ``tfds:coco/2017:train``: TensorFlow Datasets already
   prepared in ``tfds_data_dir`` (nothing is downloaded). Boxes are repaired in the graph
   (coordinates sorted, clipped, empty boxes dropped; counted in ``num_fixed``).
-- ``voc:<VOCdevkit/VOC2007>:<image set>``: a raw devkit folder.
+- ``voc:<VOCdevkit/VOC2007>:<image set>``: a raw devkit folder (PASCAL's or any other
+  classes: see class names below).
 - ``coco:<instances.json>:<image dir>``: a COCO JSON file and its images.
 - ``shapes:<dir>[:train|:val]``: the synthetic dataset written by ``tools/make_shapes.py``,
   read with the COCO reader from ``<dir>/<split>/instances.json``; without a suffix the
   split is ``train`` for training and ``val`` otherwise.
+- ``yolo:<data.yaml>[:train|:val|:test]``: an Ultralytics YOLO dataset (see ``yolo``);
+  without a suffix the split is ``train`` for training and ``val`` otherwise.
+
+Class names: ``class_names`` (``--data.class_names``) empty takes each source's own: the COCO
+categories, the YOLO ``names``, the TFDS label names, a VOC devkit's ``labelmap.txt`` or the names
+in its XML (``annotations.voc_class_names``; PASCAL's 20 when the devkit has no other class).
+Given, it is the VOC label order (an object of another class is an error naming its XML file), and
+must equal the names every other source carries.
 
 COCO crowd boxes (``iscrowd``/``is_crowd``) are dropped for training and kept with
 ``difficult=True`` for evaluation. Annotations (VOC, COCO, shapes) are parsed once in
@@ -28,14 +38,14 @@ import dataclasses
 import logging
 import os
 import re
-from typing import List, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
-from scratchdet_tf.data import annotations, images
+from scratchdet_tf.data import annotations, images, yolo
 
-SCHEMES = ("tfds", "voc", "coco", "shapes")
+SCHEMES = ("tfds", "voc", "coco", "shapes", "yolo")
 # Category ids of the 80 COCO 2017 classes; TFDS ``coco/2017`` labels index this tuple.
 COCO_CATEGORY_IDS = tuple(i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83))
 
@@ -100,8 +110,10 @@ def _parse(part: str, training: bool):
             raise ValueError(f"data source {part!r}: expected voc:<VOCdevkit/VOC2007>:<image set>")
         return scheme, (devkit, image_set)
     root, sep, split = rest.rpartition(":")
-    if not sep or split not in ("train", "val"):
+    if not sep or split not in (yolo.SPLITS if scheme == "yolo" else ("train", "val")):
         root, split = rest, ("train" if training else "val")
+    if scheme == "yolo":
+        return scheme, (root, split)
     return "coco", (os.path.join(root, split, "instances.json"), os.path.join(root, split))
 
 
@@ -114,18 +126,20 @@ def instances_json(source: str) -> str | None:
     return json_path
 
 
-def source_info(source: str, *, tfds_data_dir: str = "") -> SourceInfo:
+def source_info(source: str, *, tfds_data_dir: str = "", class_names: Sequence[str] = ()) -> SourceInfo:
     """Class names (and COCO category ids) of a source without reading its images.
 
     Args:
       source: URI, possibly joined.
       tfds_data_dir: TFDS data directory.
+      class_names: ``--data.class_names``: the VOC label order; other sources' names must equal it.
+        Empty: each source's own (see the module doc).
 
     Returns:
       ``SourceInfo`` with ``num_examples`` -1.
 
     Raises:
-      ValueError: if joined sources disagree on their classes.
+      ValueError: if joined sources disagree on their classes, or a source's differ from ``class_names``.
     """
     infos = []
     for part in split_sources(source):
@@ -134,49 +148,59 @@ def source_info(source: str, *, tfds_data_dir: str = "") -> SourceInfo:
             names = _tfds_class_names(_tfds_builder(args[0], tfds_data_dir))
             infos.append((part, names, COCO_CATEGORY_IDS if _is_tfds_coco(args[0], names) else ()))
         elif scheme == "voc":
-            infos.append((part, annotations.VOC_CLASS_NAMES, ()))
+            infos.append((part, tuple(class_names) or annotations.voc_class_names(args[0]), ()))
+        elif scheme == "yolo":
+            infos.append((part, yolo.class_names(args[0]), ()))
         else:
             infos.append((part,) + annotations.coco_class_names(args[0]))
+        _check_given_classes(part, class_names, infos[-1][1])
     _check_same_classes([(part, names) for part, names, _ in infos])
     return SourceInfo(class_names=tuple(infos[0][1]), category_ids=tuple(infos[0][2]))
 
 
 def read(source: str, *, tfds_data_dir: str = "", training: bool = True, decode: bool = True,
          input_context: tf.distribute.InputContext | None = None,
-         seed: int | None = None, max_image_pixels: int = images.DEFAULT_MAX_PIXELS
-         ) -> Tuple[tf.data.Dataset, SourceInfo]:
+         seed: int | None = None, max_image_pixels: int = images.DEFAULT_MAX_PIXELS,
+         class_names: Sequence[str] = ()) -> Tuple[tf.data.Dataset, SourceInfo]:
     """Reads a source (one epoch, in file order unless TFDS shuffles its files).
 
     Args:
       source: URI, possibly joined with ``+``.
       tfds_data_dir: TFDS data directory ("" = TFDS's default).
       training: drop COCO crowd boxes (else keep them as difficult); shuffle TFDS files;
-        the default ``shapes:`` split.
+        the default ``shapes:`` and ``yolo:`` split.
       decode: yield the data contract (True) or raw elements with the image bytes not yet
         read (False; see ``images``) for a pipeline that shuffles before decoding.
       input_context: shard for this input pipeline (multi-worker).
       seed: TFDS file-shuffle seed and the seed of mixing joined sources.
       max_image_pixels: images whose header declares more pixels are skipped without being decoded:
         files when their annotations are read (PIL reads the header), TFDS records in tf.data.
+      class_names: ``--data.class_names``: the VOC label order; other sources' names must equal it.
+        Empty: each source's own (see the module doc).
 
     Returns:
       (dataset, ``SourceInfo``). With ``decode`` the dataset skips unreadable images and
       reports them (see ``images``).
 
     Raises:
-      ValueError / FileNotFoundError: naming the bad URI, missing file, or disagreeing classes.
+      ValueError / FileNotFoundError: naming the bad URI, missing file, disagreeing classes, or an
+        object whose class is not one of the classes.
     """
     record_sets, tfds_sets = [], []
     for part in split_sources(source):
         scheme, args = _parse(part, training)
         if scheme == "tfds":
             tfds_sets.append((part,) + _read_tfds(args[0], args[1], tfds_data_dir, training, input_context, seed))
-        elif scheme == "voc":
-            record_sets.append((part, annotations.read_voc(args[0], args[1], annotations.VOC_CLASS_NAMES,
-                                                                      max_pixels=max_image_pixels)))
+            _check_given_classes(part, class_names, tfds_sets[-1][2].class_names)
+            continue
+        if scheme == "voc":
+            records = annotations.read_voc(args[0], args[1], tuple(class_names), max_pixels=max_image_pixels)
+        elif scheme == "yolo":
+            records = yolo.read_yolo(args[0], args[1], max_pixels=max_image_pixels)
         else:
-            record_sets.append((part, annotations.read_coco(args[0], args[1], training,
-                                                                       max_pixels=max_image_pixels)))
+            records = annotations.read_coco(args[0], args[1], training, max_pixels=max_image_pixels)
+        _check_given_classes(part, class_names, records.class_names)
+        record_sets.append((part, records))
     _check_same_classes([(p, r.class_names) for p, r in record_sets] + [(p, i.class_names) for p, _, i in tfds_sets])
 
     datasets, sizes, problems = [], [], annotations.ProblemLog()
@@ -222,6 +246,13 @@ def read(source: str, *, tfds_data_dir: str = "", training: bool = True, decode:
                                     max_pixels=max_image_pixels if tfds_sets else None)
         ds = ds.map(images.to_example, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
     return ds, info
+
+
+def _check_given_classes(part: str, given: Sequence[str], names: Sequence[str]) -> None:
+    """A source's own class names must equal ``--data.class_names`` when that is given."""
+    if given and tuple(given) != tuple(names):
+        raise ValueError(f"{part!r} has the classes {list(names)} but --data.class_names gives {list(given)}; "
+                         "they must be equal (leave --data.class_names empty to use the data's)")
 
 
 def _check_same_classes(named):

@@ -1,7 +1,9 @@
 """The built-in synthetic detection dataset: coloured shapes on textured, noisy backgrounds.
 
 ``write_split`` writes one COCO-format split (``instances.json`` + JPEGs) that the COCO
-reader reads like any other COCO directory. Everything is drawn with numpy + PIL and is
+reader reads like any other COCO directory; ``layout="voc"`` or ``"yolo"`` writes the same
+images and boxes as a VOC devkit or an Ultralytics YOLO dataset instead (``LAYOUTS``), and
+``class_names`` renames the five classes. Everything is drawn with numpy + PIL and is
 deterministic: image ``i`` of split ``s`` depends only on ``(seed, s, i)``.
 
 Each image is 160-400 px per side and never square; it holds 1-6 objects of 5 classes
@@ -12,13 +14,22 @@ covers at most half of an earlier object's box. Each ``bbox`` is the tight box o
 object's own drawn mask (full extent, occlusion ignored) in pixel-edge coordinates:
 ``[x, y, w, h]`` with ``x = first column``, ``w = last column + 1 - x``. ``area`` is the
 mask's pixel count (COCO's segment-area meaning), ``iscrowd`` is 0. Category ids are 1..5.
+
+Layouts of ``out_dir`` (``source_uris`` gives the URIs that read them):
+- ``coco``: ``<split>/instances.json`` and ``<split>/000001.jpg``...
+- ``voc``: a VOC2007-like devkit: ``JPEGImages/<id>.jpg``, ``Annotations/<id>.xml`` (with
+  ``<size>``; boxes in 1-based inclusive pixels ``xmin = x + 1``, ``xmax = x + w``),
+  ``ImageSets/Main/<split>.txt`` and a CVAT-style ``labelmap.txt`` fixing the label order. Ids
+  are ``1000001``... for train and ``2000001``... for val (one folder holds both splits).
+- ``yolo``: ``images/<split>/000001.jpg``, ``labels/<split>/000001.txt`` (``class cx cy w h``,
+  normalized, 6 decimals) and ``data.yaml`` naming the splits written so far.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -28,46 +39,126 @@ MIN_SIDE, MAX_SIDE = 160, 400
 MAX_OBJECTS = 6
 OBJECT_SIZE = (0.05, 0.6)  # object side / the image's shorter side
 _SPLIT_IDS = {"train": 0, "val": 1}
+LAYOUTS = ("coco", "voc", "yolo")
+YOLO_YAML = "data.yaml"
+_VOC_XML = ("<annotation><folder>shapes</folder><filename>{file}</filename><size><width>{w}</width>"
+            "<height>{h}</height><depth>3</depth></size><segmented>0</segmented>{objects}</annotation>\n")
+_VOC_OBJECT = ("<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated><difficult>0</difficult>"
+               "<bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>")
+
+# One drawn image (its pixels are written at once): (file stem, (height, width), [(label, (x, y, w, h), area)]).
+_Drawn = Tuple[str, Tuple[int, int], List[Tuple[int, Tuple[int, int, int, int], int]]]
 
 
 def write_split(out_dir: str, split: str, num_images: int, seed: int = 0, jpeg_quality: int = 90, *,
-                object_size: Tuple[float, float] = OBJECT_SIZE, max_objects: int = MAX_OBJECTS) -> str:
-    """Draws ``num_images`` images into ``out_dir/split`` and writes its ``instances.json``.
+                object_size: Tuple[float, float] = OBJECT_SIZE, max_objects: int = MAX_OBJECTS,
+                layout: str = "coco", class_names: Sequence[str] = CLASS_NAMES) -> str:
+    """Draws ``num_images`` images of one split into ``out_dir`` in a layout (see the module doc).
 
     Args:
-      out_dir: dataset root; ``out_dir/split/`` is created.
+      out_dir: dataset root (created).
       split: ``"train"`` or ``"val"`` (selects an independent random stream).
       num_images: images to write.
       seed: dataset seed.
       jpeg_quality: PIL JPEG quality.
       object_size: (min, max) object side as a fraction of the image's shorter side.
       max_objects: each image holds 1..max_objects objects (fewer when they do not fit).
+      layout: ``"coco"``, ``"voc"`` or ``"yolo"``; the same seed draws the same images and boxes in each.
+      class_names: the names of the five classes (circle, square, triangle, cross, ring), in that order.
 
     Returns:
-      The path of the written ``instances.json``.
+      The written ``instances.json`` (coco), ``ImageSets/Main/<split>.txt`` (voc) or ``data.yaml`` (yolo).
+
+    Raises:
+      ValueError: naming a bad split, layout or class name list.
     """
     if split not in _SPLIT_IDS:
         raise ValueError(f"split {split!r} is not one of {sorted(_SPLIT_IDS)}")
-    split_dir = os.path.join(out_dir, split)
-    os.makedirs(split_dir, exist_ok=True)
-    images, annotations = [], []
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+    class_names = tuple(str(n) for n in class_names)
+    if len(class_names) != len(CLASS_NAMES) or len(set(class_names)) != len(CLASS_NAMES) or not all(
+            n.strip() == n and n and ":" not in n for n in class_names):
+        raise ValueError(f"class_names must be {len(CLASS_NAMES)} distinct names (no ':' or outer spaces) for "
+                         f"{', '.join(CLASS_NAMES)}; got {list(class_names)}")
+    stem = (lambda i: f"{_SPLIT_IDS[split] + 1}{i + 1:06d}") if layout == "voc" else (lambda i: f"{i + 1:06d}")
+    folder = {"coco": os.path.join(out_dir, split), "voc": os.path.join(out_dir, "JPEGImages"),
+              "yolo": os.path.join(out_dir, "images", split)}[layout]
+    os.makedirs(folder, exist_ok=True)
+    drawn = []
     for index in range(num_images):
         rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
         pixels, objects = draw_image(rng, object_size=object_size, max_objects=max_objects)
-        file_name = f"{index + 1:06d}.jpg"
-        Image.fromarray(pixels).save(os.path.join(split_dir, file_name), quality=jpeg_quality)
-        height, width = pixels.shape[:2]
-        images.append({"id": index + 1, "file_name": file_name, "width": width, "height": height})
+        Image.fromarray(pixels).save(os.path.join(folder, f"{stem(index)}.jpg"), quality=jpeg_quality)
+        drawn.append((stem(index), pixels.shape[:2], objects))
+    writer = {"coco": _write_coco, "voc": _write_voc, "yolo": _write_yolo}[layout]
+    return writer(out_dir, split, drawn, class_names)
+
+
+def _write_coco(out_dir: str, split: str, drawn: List[_Drawn], class_names: Tuple[str, ...]) -> str:
+    """``out_dir/split/instances.json`` of the drawn images (ids 1..N, category ids 1..5)."""
+    images, annotations = [], []
+    for index, (stem, (height, width), objects) in enumerate(drawn):
+        images.append({"id": index + 1, "file_name": f"{stem}.jpg", "width": width, "height": height})
         for label, (x, y, w, h), area in objects:
             annotations.append({
                 "id": len(annotations) + 1, "image_id": index + 1, "category_id": label + 1,
                 "bbox": [x, y, w, h], "area": area, "iscrowd": 0,
             })
-    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASS_NAMES)]
-    path = os.path.join(split_dir, "instances.json")
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(class_names)]
+    path = os.path.join(out_dir, split, "instances.json")
     with open(path, "w") as f:
         json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
     return path
+
+
+def _write_voc(out_dir: str, split: str, drawn: List[_Drawn], class_names: Tuple[str, ...]) -> str:
+    """``Annotations/<id>.xml``, ``ImageSets/Main/<split>.txt`` and ``labelmap.txt`` of the drawn images."""
+    from xml.sax.saxutils import escape
+
+    for sub in ("Annotations", os.path.join("ImageSets", "Main")):
+        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+    for stem, (height, width), objects in drawn:
+        xml_objects = "".join(_VOC_OBJECT.format(name=escape(class_names[label]), x0=x + 1, y0=y + 1, x1=x + w,
+                                                 y1=y + h) for label, (x, y, w, h), _ in objects)
+        with open(os.path.join(out_dir, "Annotations", f"{stem}.xml"), "w", encoding="utf-8") as f:
+            f.write(_VOC_XML.format(file=f"{stem}.jpg", w=width, h=height, objects=xml_objects))
+    with open(os.path.join(out_dir, "labelmap.txt"), "w", encoding="utf-8") as f:
+        f.write("# label:color_rgb:parts:actions\nbackground:0,0,0::\n")
+        f.writelines(f"{name}:{(50 * i) % 256},{(90 * i) % 256},{(140 * i) % 256}::\n"
+                     for i, name in enumerate(class_names, 1))
+    path = os.path.join(out_dir, "ImageSets", "Main", f"{split}.txt")
+    with open(path, "w") as f:
+        f.writelines(f"{stem}\n" for stem, _, _ in drawn)
+    return path
+
+
+def _write_yolo(out_dir: str, split: str, drawn: List[_Drawn], class_names: Tuple[str, ...]) -> str:
+    """``labels/<split>/<id>.txt`` of the drawn images and ``data.yaml`` naming every split written so far."""
+    import yaml
+
+    label_dir = os.path.join(out_dir, "labels", split)
+    os.makedirs(label_dir, exist_ok=True)
+    for stem, (height, width), objects in drawn:
+        with open(os.path.join(label_dir, f"{stem}.txt"), "w") as f:
+            f.writelines(f"{label} {(x + w / 2) / width:.6f} {(y + h / 2) / height:.6f} {w / width:.6f} "
+                         f"{h / height:.6f}\n" for label, (x, y, w, h), _ in objects)
+    data = {"path": "."}
+    data.update({s: f"images/{s}" for s in _SPLIT_IDS if os.path.isdir(os.path.join(out_dir, "images", s))})
+    data["names"] = dict(enumerate(class_names))
+    path = os.path.join(out_dir, YOLO_YAML)
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(data, f, sort_keys=False, allow_unicode=True)
+    return path
+
+
+def source_uris(out_dir: str, layout: str = "coco") -> Dict[str, str]:
+    """{split: data URI} that reads the dataset ``write_dataset`` wrote in ``layout`` (``--data.train_source``...)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+    base = {"coco": f"shapes:{out_dir}", "voc": f"voc:{out_dir}",
+            "yolo": f"yolo:{os.path.join(out_dir, YOLO_YAML)}"}[layout]
+    return {split: f"{base}:{split}" for split in _SPLIT_IDS}
 
 
 def draw_image(rng: np.random.Generator, noise: bool = True, *, object_size: Tuple[float, float] = OBJECT_SIZE,
@@ -178,16 +269,19 @@ def _overlap_ok(new: Tuple[int, int, int, int], old: Tuple[int, int, int, int]) 
 
 
 def write_dataset(out_dir: str, num_train: int = 2000, num_val: int = 300, seed: int = 0, *,
-                  object_size: Tuple[float, float] = OBJECT_SIZE, max_objects: int = MAX_OBJECTS) -> Dict[str, str]:
-    """Writes ``out_dir/train`` and ``out_dir/val``; returns {split: instances.json path}.
+                  object_size: Tuple[float, float] = OBJECT_SIZE, max_objects: int = MAX_OBJECTS,
+                  layout: str = "coco", class_names: Sequence[str] = CLASS_NAMES) -> Dict[str, str]:
+    """Writes the train and val splits; returns {split: the path ``write_split`` returns}.
 
-    ``object_size`` and ``max_objects`` as in ``write_split``; the defaults are the documented dataset.
+    ``object_size``, ``max_objects``, ``layout`` and ``class_names`` as in ``write_split``; the defaults
+    are the documented dataset (``out_dir/train`` and ``out_dir/val`` in COCO format).
     """
     if not 0.0 < object_size[0] <= object_size[1] <= 1.0:
         raise ValueError(f"object_size must be 0 < min <= max <= 1 (fractions of the shorter side); got {object_size}")
     if max_objects < 1:
         raise ValueError(f"max_objects must be >= 1; got {max_objects}")
-    kwargs = dict(object_size=tuple(object_size), max_objects=max_objects)
+    kwargs = dict(object_size=tuple(object_size), max_objects=max_objects, layout=layout,
+                  class_names=tuple(class_names))
     return {
         "train": write_split(out_dir, "train", num_train, seed, **kwargs),
         "val": write_split(out_dir, "val", num_val, seed, **kwargs),

@@ -4,9 +4,11 @@ Box format at this edge (everything else in the library is normalized [ymin, xmi
 absolute [x, y, width, height] with x = xmin * image width (continuous coordinates, no +1).
 """
 
+import collections
 import contextlib
 import io
 import json
+import math
 import os
 
 import numpy as np
@@ -21,16 +23,18 @@ def normalized_to_coco_xywh(boxes, image_size):
     return np.stack([x, y, boxes[:, 3] * width - x, boxes[:, 2] * height - y], 1)
 
 
-def coco_evaluate(coco_gt, records, image_ids=None):
+def coco_evaluate(coco_gt, records, image_ids=None, category_names=None):
     """Runs pycocotools COCOeval (bbox) and names its 12 summary numbers.
 
     Args:
       coco_gt: a pycocotools `COCO` with the ground truth.
       records: COCO results [{"image_id", "category_id", "bbox": [x, y, w, h], "score"}].
       image_ids: ids to evaluate; None: every ground truth image (the official protocol).
+      category_names: {category id: name} of the categories to report one by one; None: no per-class part.
 
     Returns:
-      {name: float} for COCO_STAT_NAMES (-1 where the ground truth has no box of that size).
+      {name: float} for COCO_STAT_NAMES (-1 where the ground truth has no box of that size), plus with
+      category_names ``"per_class": {name: {"AP", "AP50", "AP75", "num_gt"}}`` (see `per_class_ap`).
     """
     from pycocotools import cocoeval  # lazy: VOC users need not load pycocotools
 
@@ -45,11 +49,53 @@ def coco_evaluate(coco_gt, records, image_ids=None):
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
-    return {name: float(value) for name, value in zip(COCO_STAT_NAMES, coco_eval.stats)}
+    stats = {name: float(value) for name, value in zip(COCO_STAT_NAMES, coco_eval.stats)}
+    if category_names is not None:
+        stats["per_class"] = per_class_ap(coco_eval, category_names)
+    return stats
 
 
-def coco_evaluate_json(instances_json, results_json):
+def per_class_ap(coco_eval, category_names):
+    """Per-category AP, AP50 and AP75 of an accumulated COCOeval (area "all", 100 detections per image).
+
+    Each is the mean of the category's slice of ``coco_eval.eval["precision"]`` [T, R, K, A, M] over the
+    IoU thresholds (AP) or at IoU 0.5 / 0.75, leaving out -1 entries as ``COCOeval.summarize`` does, so it
+    equals the AP that pycocotools reports with ``params.catIds = [category]``.
+
+    Args:
+      coco_eval: a pycocotools ``COCOeval`` after ``evaluate()`` and ``accumulate()``.
+      category_names: {category id: name}, in the order of the result.
+
+    Returns:
+      {name: {"AP", "AP50", "AP75": float (nan without ground truth), "num_gt": int (non-crowd boxes in
+      the evaluated images)}}.
+    """
+    params = coco_eval.params
+    precision = coco_eval.eval["precision"][:, :, :, params.areaRngLbl.index("all"), params.maxDets.index(100)]
+    at = {"AP": slice(None), "AP50": np.flatnonzero(params.iouThrs == 0.5),
+          "AP75": np.flatnonzero(params.iouThrs == 0.75)}
+    gt_ids = coco_eval.cocoGt.getAnnIds(imgIds=params.imgIds, iscrowd=False)
+    num_gt = collections.Counter(a["category_id"] for a in coco_eval.cocoGt.loadAnns(gt_ids))
+    per_class = {}
+    for category_id, name in category_names.items():
+        k = list(params.catIds).index(category_id)
+        values = {key: precision[t, :, k] for key, t in at.items()}
+        per_class[name] = {key: _mean_valid(v) for key, v in values.items()}
+        per_class[name]["num_gt"] = int(num_gt[category_id])
+    return per_class
+
+
+def _mean_valid(precision):
+    """Mean of the entries > -1 (COCOeval's "not evaluated" marker); nan when there is none."""
+    valid = precision[precision > -1]
+    return float(np.mean(valid)) if valid.size else math.nan
+
+
+def coco_evaluate_json(instances_json, results_json, per_class=False):
     """Scores a COCO results JSON file against an instances JSON file, on all its images.
+
+    With ``per_class``, adds ``"per_class"`` (see `coco_evaluate`) named by the instances file's category
+    names (the id where a category has none), in category id order.
 
     Raises:
       FileNotFoundError / ValueError: naming the file that is missing, not JSON, or malformed.
@@ -64,7 +110,10 @@ def coco_evaluate_json(instances_json, results_json):
             raise ValueError(f"{results_json}: result {i} is not {{image_id, category_id, bbox[4], score}}: {r!s:.200}")
         if r["image_id"] not in known:
             raise ValueError(f"{results_json}: result {i} has image_id {r['image_id']!r}, not in {instances_json}")
-    return coco_evaluate(coco_gt, records)
+    names = None
+    if per_class:
+        names = {c["id"]: str(c.get("name", c["id"])) for c in coco_gt.loadCats(sorted(coco_gt.getCatIds()))}
+    return coco_evaluate(coco_gt, records, category_names=names)
 
 
 def load_coco_ground_truth(instances_json):
@@ -83,10 +132,11 @@ class CocoEvaluator:
     (test-dev), `records` still gives the results to write with `write_coco_results`.
     """
 
-    def __init__(self, category_ids=None, instances_json=None):
+    def __init__(self, category_ids=None, instances_json=None, class_names=None):
         """Args:
           category_ids: COCO category id of each label 0..C-1; default: the instances JSON's ids, sorted.
           instances_json: path of the ground truth instances JSON, or None.
+          class_names: C names in label order: `result` then adds per-class APs under these names.
         """
         self._coco_gt = None if instances_json is None else load_coco_ground_truth(instances_json)
         if category_ids is None:
@@ -94,6 +144,9 @@ class CocoEvaluator:
                 raise ValueError("CocoEvaluator needs category_ids or instances_json")
             category_ids = sorted(self._coco_gt.getCatIds())
         self.category_ids = [int(c) for c in category_ids]
+        if class_names is not None and len(class_names) != len(self.category_ids):
+            raise ValueError(f"{len(class_names)} class names for {len(self.category_ids)} category ids")
+        self.class_names = None if class_names is None else tuple(class_names)
         self.records, self._images, self._annotations, self._num_without_gt = [], {}, [], 0
 
     def add(self, image_id, det_boxes, det_scores, det_labels, image_size, gt_boxes=None, gt_labels=None,
@@ -132,7 +185,11 @@ class CocoEvaluator:
                                           "category_id": label, "area": box[2] * box[3], "iscrowd": int(crowd)})
 
     def result(self):
-        """Returns the 12 COCO stats by name (COCO_STAT_NAMES) over the added images."""
+        """Returns the 12 COCO stats by name (COCO_STAT_NAMES) over the added images.
+
+        With ``class_names``, also ``"per_class": {name: {"AP", "AP50", "AP75", "num_gt"}}`` in label order
+        (`per_class_ap`).
+        """
         coco_gt = self._coco_gt
         if coco_gt is None:
             if self._num_without_gt:
@@ -143,7 +200,8 @@ class CocoEvaluator:
         missing = sorted(set(self._images) - set(coco_gt.getImgIds()))
         if missing:
             raise ValueError(f"{len(missing)} added image ids are not in the ground truth, e.g. {missing[:3]}")
-        return coco_evaluate(coco_gt, self.records, list(self._images))
+        names = None if self.class_names is None else dict(zip(self.category_ids, self.class_names))
+        return coco_evaluate(coco_gt, self.records, list(self._images), category_names=names)
 
     def _category(self, labels, num_boxes, image_id):
         labels = checked_array(labels, np.int64, (num_boxes,), f"image {image_id}: labels")

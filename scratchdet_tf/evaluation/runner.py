@@ -10,9 +10,12 @@ Two ways in:
   time (B = 1), since originals differ in size.
 
 Scoring follows ``eval.metric``: voc07 and voc12 give both VOC APs (11-point and area; the table shows the
-metric's own), coco gives the 12 COCOeval stats. A source with no ground-truth box at all (VOC2012 test,
-COCO test-dev) is not scored; its detections are written for the evaluation servers instead: comp4 files
-``results/VOC2012/Main/comp4_det_test_<class>.txt`` or ``detections_test-dev2017_scratchdet_results.json``.
+metric's own), coco gives the 12 COCOeval stats; both also per class, printed as a table after the paper's
+one-line table. With an output folder the metrics go to ``metrics.json``, the per-class table to
+``per_class.txt``, and ``write_plots`` draws ``pr_curves.png`` and ``confusion_matrix.png`` there. A source
+with no ground-truth box at all (VOC2012 test, COCO test-dev) is not scored; its detections are written for
+the evaluation servers instead: comp4 files ``results/VOC2012/Main/comp4_det_test_<class>.txt`` or
+``detections_test-dev2017_scratchdet_results.json``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from scratchdet_tf import run_dir, visualize
 from scratchdet_tf.boxes import postprocess
 from scratchdet_tf.data import augment, pipeline, readers
 from scratchdet_tf.data import class_names as class_names_lib
-from scratchdet_tf.evaluation import coco_metric, devkit, multiscale, report, voc_metric
+from scratchdet_tf.evaluation import coco_metric, confusion, devkit, multiscale, report, voc_metric
 
 PredictFn = Callable[[np.ndarray], Dict[str, np.ndarray]]
 
@@ -39,6 +42,10 @@ METRICS_FILE = "metrics.json"
 VOC_RESULTS_DIR = os.path.join("results", "VOC2012", "Main")  # the layout the VOC server's tar expects
 VOC_RESULTS_IMAGE_SET = "test"
 COCO_RESULTS_FILE = "detections_test-dev2017_scratchdet_results.json"  # the COCO server's naming
+PER_CLASS_FILE = "per_class.txt"
+PR_CURVES_FILE = "pr_curves.png"
+CONFUSION_FILE = "confusion_matrix.png"
+CONFUSION_SCORE_THRESHOLD = 0.25
 _GT_KEYS = ("image_id", "original_size", "gt_boxes", "gt_labels", "gt_difficult", "num_boxes")
 
 
@@ -72,7 +79,8 @@ def evaluate(cfg, model, anchors, *, source: str | None = None, num_images: int 
       source: data source URI.
       num_images: evaluate only the first n images; None: ``cfg.eval.num_images`` (0 = all).
       multi_scale: None: ``cfg.eval.multi_scale``.
-      output_dir: where ``metrics.json`` (or a test set's results files) go; None writes no metrics file.
+      output_dir: where ``metrics.json``, ``per_class.txt`` and the figures (or a test set's results files)
+        go; None writes no files.
       step: training step, recorded in the metrics.
       method: row name in the printed table; default the model's name (+ "+" when multi-scale).
 
@@ -129,7 +137,8 @@ def evaluate_predict_fn(predict_fn: PredictFn, source: str, *, metric: str = "vo
       metric: "voc07" | "voc12" | "coco".
       tfds_data_dir: TFDS data directory for ``tfds:`` sources.
       num_images: evaluate only the first n images (0 = all).
-      output_dir: where ``metrics.json`` (or a test set's results files) go; None writes no metrics file.
+      output_dir: where ``metrics.json``, ``per_class.txt`` and the figures (or a test set's results files)
+        go; None writes no files.
       step: training step, recorded in the metrics.
       method: row name in the printed table.
       class_names: the model's class names (label order), if known: they must be the source's
@@ -137,8 +146,11 @@ def evaluate_predict_fn(predict_fn: PredictFn, source: str, *, metric: str = "vo
 
     Returns:
       VOC: ``{"mAP_07", "mAP_area", "per_class": {name: {"ap_07", "ap_area", "num_gt"}}, "num_images"}``;
-      COCO: the 12 stats by name (``coco_metric.COCO_STAT_NAMES``) and ``"num_images"``; a test set without
-      ground truth: ``{"num_images", "results": <the folder or file written>}``. Plus ``"step"`` if given.
+      COCO: the 12 stats by name (``coco_metric.COCO_STAT_NAMES``), ``"per_class": {name: {"AP", "AP50",
+      "AP75", "num_gt"}}`` and ``"num_images"``; a test set without ground truth: ``{"num_images",
+      "results": <the folder or file written>}``. Plus ``"step"`` if given, and with ``output_dir`` (and
+      ground truth) ``"per_class_table"`` (the path of ``per_class.txt``) and ``"plots"`` (``write_plots``'
+      PNG paths).
 
     Raises:
       ValueError: the source yields no image, a test set needs ``output_dir``, or the model's class
@@ -242,14 +254,19 @@ def evaluate_checkpoints(cfg, model_dir: str, *, source: str | None = None, outp
     return metrics
 
 
-def evaluate_during_training(cfg, model, anchors, writer, step: int, num_drawn: int = 4) -> dict:
+def evaluate_during_training(cfg, model, anchors, writer, step: int, num_drawn: int = 4,
+                             output_dir: str | None = None) -> dict:
     """Periodic evaluation of a training run: ``evaluate`` on ``cfg.data.val_source``, its metrics and a few
     validation images with their drawn detections (score >= 0.3) written to TensorBoard.
+
+    Args:
+      output_dir: where ``metrics.json``, the per-class table and the plots go (the newest evaluation's);
+        None writes no files.
 
     Returns:
       ``evaluate``'s metrics dict.
     """
-    metrics = evaluate(cfg, model, anchors, step=step)
+    metrics = evaluate(cfg, model, anchors, step=step, output_dir=output_dir)
     write_summaries(writer, metrics, step)
     predict = model_predict_fn(cfg, model, anchors)
     ds, info = readers.read(cfg.data.val_source, tfds_data_dir=cfg.data.tfds_data_dir, training=False)
@@ -263,7 +280,8 @@ def evaluate_during_training(cfg, model, anchors, writer, step: int, num_drawn: 
 
 
 def write_summaries(writer, metrics: dict, step: int) -> None:
-    """Writes a metrics dict's numbers as TensorBoard scalars ``eval/<name>``, per class ``eval/AP_07/<class>``."""
+    """Writes a metrics dict's numbers as TensorBoard scalars ``eval/<name>``, per class ``eval/AP_07/<class>``
+    and ``eval/AP_area/<class>`` (VOC) or ``eval/AP/<class>`` (COCO)."""
     with writer.as_default(step=step):
         for name, value in metrics.items():
             if name in ("step", "num_images") or not isinstance(value, (int, float)):
@@ -271,31 +289,41 @@ def write_summaries(writer, metrics: dict, step: int) -> None:
             if math.isfinite(value):
                 tf.summary.scalar(f"eval/{name}", value)
         for class_name, values in metrics.get("per_class", {}).items():
-            for key, tag in (("ap_07", "AP_07"), ("ap_area", "AP_area")):
-                if math.isfinite(values[key]):
+            for key, tag in (("ap_07", "AP_07"), ("ap_area", "AP_area"), ("AP", "AP")):
+                if key in values and math.isfinite(values[key]):
                     tf.summary.scalar(f"eval/{tag}/{class_name}", values[key])
     writer.flush()
 
 
 def _score(images: List[_Image], info: readers.SourceInfo, source: str, *, metric: str,
            output_dir: str | None, step: int | None, method: str) -> dict:
-    """Scores collected images (or writes a test set's results files), prints the table, writes metrics.json."""
+    """Scores collected images (or writes a test set's results files), prints the tables, writes metrics.json.
+
+    With ``output_dir`` and ground truth, also writes ``per_class.txt`` (the per-class table) and the
+    figures of ``write_plots`` there, listed in the metrics as ``"per_class_table"`` and ``"plots"``.
+    """
     if not images:
         raise ValueError(f"{source!r}: no images to evaluate")
     if sum(len(image.gt_labels) for image in images) == 0:
         metrics = {"results": _write_test_results(images, info, source, metric, output_dir)}
         print(f"{source}: no ground truth (a test set); wrote the {len(images)} images' detections to "
               f"{metrics['results']}")
-    elif metric == "coco":
-        metrics = _coco_metrics(images, info, source)
-        print(report.format_coco_table(metrics, method=method))
     else:
-        evaluator = voc_metric.VocEvaluator(info.class_names)
-        for im in images:
-            evaluator.add(im.image_id, im.gt_boxes, im.gt_labels, im.gt_difficult, im.det_boxes, im.det_scores,
-                          im.det_labels, im.image_size)
-        metrics = evaluator.result()
-        print(report.format_voc_table(metrics, use_07_metric=metric == "voc07", method=method))
+        if metric == "coco":
+            metrics = _coco_metrics(images, info, source)
+            print(report.format_coco_table(metrics, method=method))
+        else:
+            evaluator = voc_metric.VocEvaluator(info.class_names)
+            for im in images:
+                evaluator.add(im.image_id, im.gt_boxes, im.gt_labels, im.gt_difficult, im.det_boxes, im.det_scores,
+                              im.det_labels, im.image_size)
+            metrics = evaluator.result()
+            print(report.format_voc_table(metrics, use_07_metric=metric == "voc07", method=method))
+        table = report.format_per_class_table(metrics, metric=metric)
+        print(table)
+        if output_dir:
+            metrics["per_class_table"] = _write_text(os.path.join(output_dir, PER_CLASS_FILE), table)
+            metrics["plots"] = write_plots(images, info.class_names, output_dir, metric=metric)
     metrics["num_images"] = len(images)
     if step is not None:
         metrics["step"] = int(step)
@@ -304,19 +332,80 @@ def _score(images: List[_Image], info: readers.SourceInfo, source: str, *, metri
     return metrics
 
 
+def write_plots(images: Sequence, class_names: Sequence[str], output_dir: str, *, metric: str = "voc07",
+                score_threshold: float = CONFUSION_SCORE_THRESHOLD) -> List[str]:
+    """Writes the evaluation figures of scored images into ``output_dir``; returns their paths.
+
+    ``pr_curves.png``: per-class precision-recall curves under the VOC rules at IoU 0.5 (difficult or crowd
+    boxes ignored) for every metric, COCO included (its AP averages IoU 0.5..0.95; the figure title says
+    which matching it shows), with the metric's VOC AP (11-point for voc07, else area) per panel.
+    ``confusion_matrix.png``: ``confusion.confusion_matrix`` counts of the detections scoring >=
+    ``score_threshold`` (IoU 0.5), rows predicted, columns true, background last.
+
+    Args:
+      images: objects with ``image_id``, ``image_size``, ``gt_boxes``, ``gt_labels``, ``gt_difficult``,
+        ``det_boxes``, ``det_scores``, ``det_labels`` (unpadded, normalized yxyx; the runner's images).
+      class_names: C names in label order.
+      output_dir: the folder (created).
+      metric: "voc07" | "voc12" | "coco": which AP the curves' panels show.
+      score_threshold: detections below it are left out of the confusion matrix.
+
+    Returns:
+      [``<output_dir>/pr_curves.png``, ``<output_dir>/confusion_matrix.png``].
+    """
+    from scratchdet_tf import plots  # lazy: matplotlib takes seconds to import
+
+    evaluator = voc_metric.VocEvaluator(class_names)
+    for im in images:
+        evaluator.add(im.image_id, im.gt_boxes, im.gt_labels, im.gt_difficult, im.det_boxes, im.det_scores,
+                      im.det_labels, im.image_size)
+    ap_key = "ap_07" if metric == "voc07" else "ap_area"
+    aps = {name: v[ap_key] for name, v in evaluator.result()["per_class"].items()}
+    ap_name = "11-point" if metric == "voc07" else "area"
+    suffix = ", COCO's AP averages IoU 0.5:0.95" if metric == "coco" else ""
+    pr_path = plots.plot_pr_curves(
+        evaluator.curves(), os.path.join(output_dir, PR_CURVES_FILE), aps=aps,
+        title=f"precision-recall, VOC matching at IoU 0.5 ({ap_name} AP{suffix}), {len(images)} images")
+    matrix = confusion.confusion_matrix(images, len(class_names), score_threshold=score_threshold)
+    cm_path = plots.plot_confusion_matrix(
+        matrix, class_names, os.path.join(output_dir, CONFUSION_FILE),
+        title=f"detections scoring >= {score_threshold:g} at IoU 0.5 (rows predicted, columns true), "
+              f"{len(images)} images")
+    return [pr_path, cm_path]
+
+
+def _write_text(path: str, text: str) -> str:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text + "\n")
+    return path
+
+
 def _coco_metrics(images: List[_Image], info: readers.SourceInfo, source: str) -> dict:
-    """COCOeval stats, against the source's instances JSON when it has one (official areas), else the GT seen."""
+    """COCOeval stats and per-class APs, against the source's instances JSON when it has one (official areas),
+    else the GT seen (then image ids that are not all integers are numbered 1..N in order)."""
     category_ids = info.category_ids or tuple(range(1, info.num_classes + 1))
     instances_json = readers.instances_json(source)
-    evaluator = coco_metric.CocoEvaluator(category_ids, instances_json=instances_json)
-    for im in images:
-        image_id = _coco_image_id(im.image_id, source)
+    evaluator = coco_metric.CocoEvaluator(category_ids, instances_json=instances_json, class_names=info.class_names)
+    if instances_json or all(_is_integer(im.image_id) for im in images):
+        image_ids = [_coco_image_id(im.image_id, source) for im in images]
+    else:  # ids only need to be distinct ints here: nothing is matched against an instances JSON
+        image_ids = range(1, len(images) + 1)
+    for im, image_id in zip(images, image_ids):
         if instances_json:
             evaluator.add(image_id, im.det_boxes, im.det_scores, im.det_labels, im.image_size)
         else:  # crowd boxes arrive as "difficult" (readers)
             evaluator.add(image_id, im.det_boxes, im.det_scores, im.det_labels, im.image_size,
                           gt_boxes=im.gt_boxes, gt_labels=im.gt_labels, gt_iscrowd=im.gt_difficult)
     return evaluator.result()
+
+
+def _is_integer(image_id: str) -> bool:
+    try:
+        int(image_id)
+    except ValueError:
+        return False
+    return True
 
 
 def _coco_image_id(image_id: str, source: str) -> int:

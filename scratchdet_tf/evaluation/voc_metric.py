@@ -97,6 +97,46 @@ def voc_evaluate(detections, ground_truths, class_names, iou_threshold=0.5):
       ValueError: on detections for an image not in ground_truths, bad shapes, labels outside 0..C-1 or
         non-finite scores.
     """
+    num_gt, tp_fp = _class_tp_fp(detections, ground_truths, class_names, iou_threshold)
+    per_class = {}
+    for c, name in enumerate(class_names):
+        if num_gt[c] == 0:
+            aps = (math.nan, math.nan)
+        else:
+            recall, precision = _recall_precision(*tp_fp[c], num_gt[c])
+            aps = (voc_ap(recall, precision, True), voc_ap(recall, precision, False))
+        per_class[name] = {"ap_07": aps[0], "ap_area": aps[1], "num_gt": int(num_gt[c])}
+    return {"mAP_07": _nanmean([v["ap_07"] for v in per_class.values()]),
+            "mAP_area": _nanmean([v["ap_area"] for v in per_class.values()]),
+            "per_class": per_class}
+
+
+def voc_curves(detections, ground_truths, class_names, iou_threshold=0.5):
+    """Per-class precision/recall curves under `voc_evaluate`'s rules (same arguments).
+
+    Returns:
+      {name: (recall, precision)}, float64 [K] each, one point per counted detection of the class by
+      descending score (detections on difficult boxes left out, as they change neither AP); `voc_ap` of a
+      curve is the class's AP. A class without non-difficult ground truth gets two empty arrays.
+    """
+    num_gt, tp_fp = _class_tp_fp(detections, ground_truths, class_names, iou_threshold)
+    empty = (np.zeros(0), np.zeros(0))
+    return {name: _recall_precision(*tp_fp[c], num_gt[c]) if num_gt[c] else empty
+            for c, name in enumerate(class_names)}
+
+
+def _recall_precision(tp, fp, num_gt):
+    """Cumulative TP and FP counts [K] of one class and its positives -> (recall, precision) [K]."""
+    return tp / num_gt, tp / (tp + fp)
+
+
+def _class_tp_fp(detections, ground_truths, class_names, iou_threshold):
+    """Checks the inputs, matches the detections (see `voc_evaluate`) and counts per class.
+
+    Returns:
+      (num_gt, tp_fp): int [C] non-difficult ground truth boxes per class; per class c, tp_fp[c] is
+      (cumulative TPs, cumulative FPs), float64 [K_c] over the class's counted detections by descending score.
+    """
     num_classes = len(class_names)
     image_index = {image_id: i for i, image_id in enumerate(ground_truths)}
     unknown = [image_id for image_id in detections if image_id not in image_index]
@@ -122,19 +162,9 @@ def voc_evaluate(detections, ground_truths, class_names, iou_threshold=0.5):
     order = order[(is_tp | is_fp)[order]]
     bounds = np.searchsorted(det_labels[order], np.arange(num_classes + 1))
     num_gt = np.bincount(gt_labels[~gt_difficult], minlength=num_classes)
-    per_class = {}
-    for c, name in enumerate(class_names):
-        tp = np.cumsum(is_tp[order[bounds[c]:bounds[c + 1]]], dtype=np.float64)
-        fp = np.cumsum(is_fp[order[bounds[c]:bounds[c + 1]]], dtype=np.float64)
-        if num_gt[c] == 0:
-            aps = (math.nan, math.nan)
-        else:
-            recall, precision = tp / num_gt[c], tp / (tp + fp)
-            aps = (voc_ap(recall, precision, True), voc_ap(recall, precision, False))
-        per_class[name] = {"ap_07": aps[0], "ap_area": aps[1], "num_gt": int(num_gt[c])}
-    return {"mAP_07": _nanmean([v["ap_07"] for v in per_class.values()]),
-            "mAP_area": _nanmean([v["ap_area"] for v in per_class.values()]),
-            "per_class": per_class}
+    tp_fp = [(np.cumsum(is_tp[order[bounds[c]:bounds[c + 1]]], dtype=np.float64),
+              np.cumsum(is_fp[order[bounds[c]:bounds[c + 1]]], dtype=np.float64)) for c in range(num_classes)]
+    return num_gt, tp_fp
 
 
 def _match(det_key, det_boxes, order, gt_key, gt_boxes, gt_difficult, iou_threshold):
@@ -221,6 +251,10 @@ class VocEvaluator:
     def result(self):
         """Returns voc_evaluate's dict: {"mAP_07", "mAP_area", "per_class": {name: {"ap_07", "ap_area", ...}}}."""
         return voc_evaluate(self.detections, self.ground_truths, self.class_names, self.iou_threshold)
+
+    def curves(self):
+        """Returns `voc_curves`: {name: (recall, precision)} float64 [K] arrays (empty without ground truth)."""
+        return voc_curves(self.detections, self.ground_truths, self.class_names, self.iou_threshold)
 
 
 def _nanmean(values):

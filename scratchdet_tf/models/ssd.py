@@ -22,7 +22,13 @@ def build_model(model_cfg, anchor_cfg, *, sync_bn: bool = False) -> keras.Model:
     Returns:
       A model mapping images [B, S, S, 3] to ``{"box_deltas": float32 [B, A, 4],
       "cls_logits": float32 [B, A, C+1]}``; column 0 of the logits is background.
+
+    Raises:
+      ValueError: ``model_cfg.num_classes`` is 0 (not yet taken from the data: ``class_names.resolve``).
     """
+    if model_cfg.num_classes < 1:
+        raise ValueError("--model.num_classes=0 means 'as many as the training data has': resolve it from the "
+                         "data first (data.class_names.resolve) or set it")
     backbone_norm = blocks.Norm(model_cfg.backbone_bn, model_cfg.bn_momentum, model_cfg.bn_epsilon, sync_bn,
                                 zero_init_residual=model_cfg.zero_init_residual)
     head_norm = blocks.Norm(model_cfg.head_bn, model_cfg.bn_momentum, model_cfg.head_bn_epsilon, sync_bn)

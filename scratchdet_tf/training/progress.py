@@ -15,7 +15,10 @@ from typing import Dict
 import tensorflow as tf
 from absl import logging
 
+from scratchdet_tf import config as config_lib
 from scratchdet_tf.training import training_log
+
+CURVES_FILE = "training_curves.png"
 
 
 class Progress:
@@ -25,6 +28,7 @@ class Progress:
         self.start_step = start_step
         self._cfg = train_cfg
         self._optimizer = optimizer
+        self._model_dir = model_dir
         self._writer = tf.summary.create_file_writer(os.path.join(model_dir, "train")) if is_chief else None
         self._curves = training_log.TrainingLog(model_dir if is_chief else None, start_step)
         self.last: Dict[str, float] = {"loss": math.nan}  # the newest finite step's numbers
@@ -81,9 +85,25 @@ class Progress:
 
     def eval_done(self, step: int, metrics: Dict) -> None:
         """Adds an evaluation record (headline metrics, no per-class table) to the training log."""
-        headline = {k: v for k, v in metrics.items() if k != "per_class"}
+        headline = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         logging.info("step %d eval: %s", step, headline)
         self._curves.append(step, self.train_seconds(), eval=headline)
+
+    def draw_curves(self, cfg) -> str | None:
+        """Draws the run's whole ``training_log`` into ``<model_dir>/training_curves.png``; returns the path.
+
+        A figure that cannot be drawn costs a warning, never the run's result.
+        """
+        from scratchdet_tf import plots  # matplotlib: imported only when a run ends
+
+        metric = cfg.train.best_metric or config_lib.headline_metric(cfg.eval.metric)
+        try:
+            return plots.plot_training_curves(training_log.read(self._model_dir),
+                                              os.path.join(self._model_dir, CURVES_FILE), metric=metric,
+                                              title=os.path.basename(os.path.normpath(self._model_dir)))
+        except Exception as err:  # noqa: BLE001 - a plotting failure must not lose the training result
+            logging.warning("could not draw %s: %s", CURVES_FILE, err)
+            return None
 
     def train_seconds(self) -> float:
         """Seconds of training so far in this run (evaluation excluded)."""

@@ -27,8 +27,9 @@ from tensorflow.python.framework import config as tf_framework_config
 
 from scratchdet_tf import config as config_lib
 from scratchdet_tf import run_dir
-from scratchdet_tf.data import pipeline
+from scratchdet_tf.data import class_names, pipeline
 from scratchdet_tf.models import ssd
+from scratchdet_tf.training import best as best_lib
 from scratchdet_tf.training import finetune, losses, optim, progress, stop_signal
 from scratchdet_tf.training import strategy as strategy_lib
 
@@ -43,8 +44,15 @@ def train(cfg: config_lib.Config, model_dir: str, *, allow_config_change: bool =
     SIGTERM or SIGINT (in the main thread) ends the run after the current step with a checkpoint at
     that step: status ``"interrupted"``, ``"signal"`` names it.
 
+    The classes come from the training data (``class_names.resolve``: ``model.num_classes`` 0 is the
+    data's count, and the names are stored in ``config.json``). With ``train.eval_every_steps`` the
+    run evaluates on ``data.val_source`` every that many steps and at its last step, keeps the best
+    checkpoint in ``model_dir/best/`` (``best``) and, with ``train.patience``, stops early
+    (status ``"early_stopped"``). At the end the chief draws ``training_curves.png``.
+
     Returns:
-      ``{"step", "loss", "status": "finished" | "diverged" | "interrupted", "train_seconds", ...}``.
+      ``{"step", "loss", "status": "finished" | "diverged" | "interrupted" | "early_stopped",
+      "train_seconds", ..., "best": {"step", "metric", "value", "dir"} (with periodic evaluation)}``.
 
     Raises:
       config.ConfigError: a bad setting, or a changed configuration of an existing run.
@@ -68,6 +76,11 @@ def train(cfg: config_lib.Config, model_dir: str, *, allow_config_change: bool =
     replica_batch = strategy_lib.per_replica_batch_size(tcfg, num_replicas)  # ConfigError if it does not divide
     logging.info("%d replica(s) on %d worker(s): global batch %d = %d per replica x %d replicas x %d accumulation",
                  num_replicas, num_workers, tcfg.batch_size, replica_batch, num_replicas, tcfg.grad_accum_steps)
+    if tcfg.patience and num_workers > 1:  # only the chief evaluates, so only it would know when to stop
+        raise config_lib.ConfigError(f"--train.patience={tcfg.patience} is invalid: early stopping runs on one "
+                                     "worker only (multi-worker runs keep the best checkpoint without it)")
+    cfg = class_names.resolve(cfg, check_val=bool(tcfg.eval_every_steps))
+    logging.info("%d classes: %s", cfg.model.num_classes, ", ".join(cfg.data.class_names))
     # The other workers write only their own scratch folders in it.
     with stop_signal.StopOnSignal() as stop, (run_dir.RunLock(model_dir) if is_chief else contextlib.nullcontext()):
         if is_chief:
@@ -172,7 +185,9 @@ def train(cfg: config_lib.Config, model_dir: str, *, allow_config_change: bool =
         if is_chief:  # config, data and checkpoint are read: now the run folder may be written
             run_dir.write_config(cfg, model_dir)
         previous = run_dir.read_train_result(model_dir)
-        if int(step.numpy()) >= tcfg.max_steps and previous is not None:  # nothing left to train: report that run
+        best = best_lib.BestCheckpoint(model_dir, cfg, model, step) if tcfg.eval_every_steps and is_chief else None
+        finished = int(step.numpy()) >= tcfg.max_steps or (best is not None and best.patience_spent(int(step.numpy())))
+        if finished and previous is not None:  # nothing left to train: report that run
             return {**previous, "steps_this_run": 0}
 
         # --- loop ---
@@ -196,12 +211,22 @@ def train(cfg: config_lib.Config, model_dir: str, *, allow_config_change: bool =
             report.step_done(current, stats, norm, skipped)
             if current % tcfg.checkpoint_every_steps == 0 or current == tcfg.max_steps or stop.signum:
                 run_dir.save_checkpoint(manager, current)
-            if tcfg.eval_every_steps and current % tcfg.eval_every_steps == 0 and is_chief:
+            if best is not None and (current % tcfg.eval_every_steps == 0 or current == tcfg.max_steps):
                 with report.paused():
                     from scratchdet_tf.evaluation import runner  # evaluation is only needed when it is switched on
 
-                    report.eval_done(current, runner.evaluate_during_training(cfg, model, anchors, eval_writer,
-                                                                              current))
+                    metrics = runner.evaluate_during_training(cfg, model, anchors, eval_writer, current,
+                                                              output_dir=os.path.join(model_dir, "eval"))
+                    report.eval_done(current, metrics)
+                    best.update(current, metrics)
+                if best.patience_spent(current) and current < tcfg.max_steps:
+                    status = "early_stopped"
+                    logging.warning("step %d: no better %s in the last %d evaluations (--train.patience); stopping "
+                                    "with the best from step %d in %s", current, best.metric, tcfg.patience,
+                                    best.best["step"], best.folder)
+                    if run_dir.checkpoint_step(manager.latest_checkpoint or "") != current:
+                        run_dir.save_checkpoint(manager, current)
+                    break
             if stop.signum:
                 status = "interrupted"
                 logging.warning("%s: saved %s at step %d; rerun the same command to resume", stop.name,
@@ -221,6 +246,9 @@ def train(cfg: config_lib.Config, model_dir: str, *, allow_config_change: bool =
                   "weights_l1": weights_digest}
         if stop.signum:
             result["signal"] = stop.name
+        if best is not None and best.summary():
+            result["best"] = best.summary()
         if is_chief:
             run_dir.write_train_result(model_dir, result)
+            report.draw_curves(cfg)
         return result
