@@ -9,6 +9,11 @@ steps is too noisy to compare runs by eye; the paper also plots it smoothed.
 
 A diverged run stops logging at its last finite step, so its curves end there; its end is marked
 with an ``x`` and the legend says where it diverged (from the run's ``train_result.json``).
+
+A cell of an ablation grid run over seeds (``ablation.run_grid``: ``<cell>/seed<k>`` folders) loads as one
+``Run`` whose curves are the mean over its seeds (``mean_curve``: at each step, the mean over the seeds
+that logged it, so a diverged seed leaves the mean where it stopped); its seeds are drawn thin and
+semi-transparent behind the thick mean curve, labelled "<label> (mean of n seeds)".
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
-from typing import Dict, Sequence, Tuple
+import re
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -29,15 +35,17 @@ PANELS = (("loss", "(a) training loss"), ("grad_norm", "(b) L2 norm of gradient"
           ("grad_norm_fluctuation", "(c) fluctuation of L2 norm of gradient (EMA {smoothing:g})"))
 
 Series = Tuple[np.ndarray, np.ndarray]  # (steps int64 [N], values float64 [N]), sorted by step
+SEED_DIR = re.compile(r"^seed(\d+)$")  # a seed's run folder inside a grid cell's (ablation.SEED_DIR)
 
 
 @dataclasses.dataclass
 class Run:
-    """One training run's curves."""
+    """One training run's curves, or a cell's mean curves over its seeds (``seeds`` holds the seeds' runs)."""
 
     label: str
     scalars: Dict[str, Series]
     diverged_at: int | None = None  # the step the divergence guard stopped at, None if it did not
+    seeds: List[Run] = dataclasses.field(default_factory=list)  # a cell's seed runs; [] for a plain run
 
 
 def event_files(run_dir: str) -> list:
@@ -106,19 +114,90 @@ def ema(values: np.ndarray, smoothing: float) -> np.ndarray:
     return out
 
 
-def load_run(run_dir: str, label: str | None = None) -> Run:
-    """A run's curves and, from its ``train_result.json`` if present, where it diverged.
+def seed_dirs(cell_dir: str) -> List[str]:
+    """The ``seed<k>`` subfolders of a grid cell's folder, by k; [] for any other folder."""
+    if not os.path.isdir(cell_dir):
+        return []
+    found = [(int(m.group(1)), name) for name in os.listdir(cell_dir)
+             if (m := SEED_DIR.match(name)) and os.path.isdir(os.path.join(cell_dir, name))]
+    return [os.path.join(cell_dir, name) for _, name in sorted(found)]
+
+
+def mean_curve(series: Sequence[Series]) -> Series:
+    """The mean of curves logged at possibly different steps: at each step any of them logged, the mean
+    over those that logged it.
 
     Args:
-      run_dir: a training model_dir.
-      label: legend text; default the folder's name.
+      series: (steps, values) pairs.
+
+    Returns:
+      (steps int64 [M] sorted, the union of the steps; values float64 [M]).
     """
+    if not series:
+        return np.zeros([0], np.int64), np.zeros([0], np.float64)
+    steps = np.unique(np.concatenate([np.asarray(s, np.int64) for s, _ in series]))
+    total, count = np.zeros(len(steps), np.float64), np.zeros(len(steps), np.int64)
+    for s, v in series:
+        index = np.searchsorted(steps, np.asarray(s, np.int64))
+        np.add.at(total, index, np.asarray(v, np.float64))
+        np.add.at(count, index, 1)
+    return steps, total / count
+
+
+def _load_one(run_dir: str, label: str) -> Run:
     scalars = read_scalars(run_dir)
     diverged_at = None
     result = run_dir_lib.read_train_result(run_dir) or {}
     if result.get("status") == "diverged":
         diverged_at = int(result["step"])
-    return Run(label or os.path.basename(os.path.normpath(run_dir)), scalars, diverged_at)
+    return Run(label, scalars, diverged_at)
+
+
+def load_run(run_dir: str, label: str | None = None) -> Run:
+    """A run's curves and, from its ``train_result.json`` if present, where it diverged; or, for a grid
+    cell's folder holding ``seed<k>`` run folders (and no event file of its own), the mean curves of its
+    seeds with the seeds' runs in ``Run.seeds``.
+
+    Args:
+      run_dir: a training model_dir, or a grid cell's folder of seed runs.
+      label: legend text; default the folder's name.
+
+    Raises:
+      FileNotFoundError: no event file in the run (or in any seed run of the cell).
+    """
+    label = label or os.path.basename(os.path.normpath(run_dir))
+    seeds = seed_dirs(run_dir) if not event_files(run_dir) else []
+    if not seeds:
+        return _load_one(run_dir, label)
+    # A seed folder without event files has not logged yet (a grid still running): it has no curve.
+    runs = [_load_one(path, os.path.basename(path)) for path in seeds if event_files(path)]
+    if not runs:
+        raise FileNotFoundError(f"no TensorBoard event file (events.out.tfevents.*) in any of {run_dir}'s seed "
+                                f"folders ({', '.join(os.path.basename(p) for p in seeds)})")
+    tags = sorted({tag for run in runs for tag in run.scalars})
+    scalars = {tag: mean_curve([run.scalars[tag] for run in runs if tag in run.scalars]) for tag in tags}
+    return Run(label, scalars, None, runs)
+
+
+def _legend(run: Run) -> str:
+    if not run.seeds:
+        return run.label if run.diverged_at is None else f"{run.label} (diverged at step {run.diverged_at})"
+    diverged = [seed.diverged_at for seed in run.seeds if seed.diverged_at is not None]
+    text = f"{run.label} (mean of {len(run.seeds)} seeds"
+    if diverged:
+        text += f"; {len(diverged)} diverged at step{'s' if len(diverged) > 1 else ''} {', '.join(map(str, diverged))}"
+    return text + ")"
+
+
+def _plot_curve(ax, run: Run, tag: str, smoothing: float, color: str, *, linewidth: float, alpha: float = 1.0,
+                label: str | None = None) -> None:
+    """One run's curve of ``tag`` (EMA-smoothed for the fluctuation), an ``x`` where it diverged."""
+    steps, values = run.scalars[tag]
+    if tag == "grad_norm_fluctuation":
+        values = ema(values, smoothing)
+    ax.plot(steps, values, color=color, linewidth=linewidth, alpha=alpha, label=label)
+    if run.diverged_at is not None and len(steps):
+        ax.plot(steps[-1:], values[-1:], marker="x", markersize=9, color=color, alpha=alpha, linestyle="none")
 
 
 def plot_landscape(runs: Sequence[Run], out_path: str, *, smoothing: float = 0.9, log_scale: bool = True,
@@ -126,7 +205,8 @@ def plot_landscape(runs: Sequence[Run], out_path: str, *, smoothing: float = 0.9
     """Draws loss, gradient norm and smoothed gradient-norm fluctuation of the runs into one PNG.
 
     Args:
-      runs: one curve per run and panel, labelled with ``Run.label``.
+      runs: one curve per run and panel, labelled with ``Run.label``; a cell over seeds (``Run.seeds``)
+        draws each seed thin and semi-transparent and its mean curve thick, in one colour.
       out_path: the PNG to write (its folder is created).
       smoothing: EMA factor for panel (c) (see ``ema``).
       log_scale: logarithmic y axes (diverging runs span many decades); non-positive points are hidden.
@@ -141,14 +221,11 @@ def plot_landscape(runs: Sequence[Run], out_path: str, *, smoothing: float = 0.9
         for index, run in enumerate(runs):
             if tag not in run.scalars:
                 continue
-            steps, values = run.scalars[tag]
-            if tag == "grad_norm_fluctuation":
-                values = ema(values, smoothing)
             color = f"C{index % 10}"
-            label = run.label if run.diverged_at is None else f"{run.label} (diverged at step {run.diverged_at})"
-            ax.plot(steps, values, color=color, linewidth=1.2, label=label)
-            if run.diverged_at is not None and len(steps):
-                ax.plot(steps[-1:], values[-1:], marker="x", markersize=9, color=color, linestyle="none")
+            for seed in run.seeds:  # thin, behind the mean
+                if tag in seed.scalars:
+                    _plot_curve(ax, seed, tag, smoothing, color, linewidth=0.7, alpha=0.35)
+            _plot_curve(ax, run, tag, smoothing, color, linewidth=2.2 if run.seeds else 1.2, label=_legend(run))
         ax.set_title(panel_title.format(smoothing=smoothing), fontsize=10)
         ax.set_xlabel("training step")
         if log_scale:

@@ -85,3 +85,19 @@ def test_training_keeps_the_best_and_stops_when_patience_runs_out(shapes_dir, tm
     assert os.path.getsize(os.path.join(model_dir, "training_curves.png")) > 10_000
     again = train_lib.train(cfg, model_dir)  # the same command again: nothing left to do
     assert again["steps_this_run"] == 0 and again["status"] == "early_stopped" and evaluated == [1, 2, 3, 4]
+
+
+def test_a_crash_after_moving_the_old_best_aside_keeps_the_old_best(tmp_path):
+    keeper, _ = _keeper(tmp_path)
+    keeper.update(10, {"mAP_07": 0.5})
+    folder = str(tmp_path / run_dir.BEST_DIR)
+    os.rename(folder, folder + ".old")  # the new one was never completed
+    assert best_lib.read(str(tmp_path))["step"] == 10
+
+
+def test_a_best_of_zero_does_not_start_the_patience_count(tmp_path):
+    keeper, _ = _keeper(tmp_path, patience=1)
+    keeper.update(10, {"mAP_07": 0.0})  # still on the plateau
+    assert not keeper.patience_spent(50)
+    keeper.update(60, {"mAP_07": 0.01})
+    assert not keeper.patience_spent(60) and keeper.patience_spent(70)

@@ -31,3 +31,13 @@ def test_a_validation_source_with_other_classes_is_an_error_before_training(shap
     assert class_names.resolve(cfg).model.num_classes == 5  # only checked when asked (periodic evaluation)
     with pytest.raises(ValueError, match="cat"):
         class_names.resolve(cfg, check_val=True)
+
+
+@pytest.mark.parametrize("names, message", [(["cat", "dog", "cat"], "more than once"),
+                                            (["cat", "dog, wild"], "comma")])
+def test_names_a_run_cannot_store_are_a_config_error(shapes_dir, tmp_path, names, message):
+    data = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    cfg = tiny_config(model__num_classes=0, data__train_source=f"coco:{tmp_path / 'bad.json'}:{shapes_dir}/val")
+    with pytest.raises(config.ConfigError, match=message):
+        class_names.resolve(cfg)

@@ -83,7 +83,8 @@ def test_voc_boxes_are_normalized_edges_with_difficult_and_string_ids(tmp_path):
         "000007": voc_xml()})
     ds, info = readers.read(f"voc:{root}:trainval")
     examples = as_list(ds)
-    assert info.num_classes == 20 and info.category_ids == () and info.num_examples == 2
+    # A devkit of two PASCAL classes: those two, in PASCAL's order.
+    assert info.class_names == ("dog", "person") and info.category_ids == () and info.num_examples == 2
     assert [e["image_id"] for e in examples] == [b"000005", b"000007"]
     first = examples[0]
     assert first["image"].shape == (20, 40, 3) and first["image"].dtype == np.uint8
@@ -145,13 +146,17 @@ def test_voc_class_names_come_from_all_of_the_devkits_xml(tmp_path):
 
 
 def test_voc_devkit_of_pascal_classes_keeps_pascal_order(tmp_path):
-    root = write_voc(tmp_path / "VOC", {"a": voc_xml(dict(name="Person", difficult=0, x0=1, y0=1, x1=9, y1=9),
-                                                     dict(name="tvmonitor", difficult=0, x0=1, y0=1, x1=9, y1=9))})
-    assert annotations.voc_class_names(root) == annotations.VOC_CLASS_NAMES
-    assert readers.source_info(f"voc:{root}:trainval").class_names == annotations.VOC_CLASS_NAMES
+    # A LabelImg dataset of two PASCAL classes: those two, in PASCAL's order (not a 20-class model).
+    root = write_voc(tmp_path / "VOC", {"a": voc_xml(dict(name="tvmonitor", difficult=0, x0=1, y0=1, x1=9, y1=9),
+                                                     dict(name="Person", difficult=0, x0=1, y0=1, x1=9, y1=9))})
+    assert annotations.voc_class_names(root) == ("person", "tvmonitor")
+    assert readers.source_info(f"voc:{root}:trainval").class_names == ("person", "tvmonitor")
     ds, info = readers.read(f"voc:{root}:trainval")
-    assert info.class_names == annotations.VOC_CLASS_NAMES
-    assert [list(e["labels"]) for e in as_list(ds)] == [[14, 19]]  # person, tvmonitor in PASCAL's order
+    assert [list(e["labels"]) for e in as_list(ds)] == [[1, 0]]
+    # PASCAL itself: all 20, in the devkit's label order.
+    every = [dict(name=name, difficult=0, x0=1, y0=1, x1=9, y1=9) for name in reversed(annotations.VOC_CLASS_NAMES)]
+    pascal = write_voc(tmp_path / "PASCAL", {"b": voc_xml(*every)})
+    assert readers.source_info(f"voc:{pascal}:trainval").class_names == annotations.VOC_CLASS_NAMES
 
 
 def test_voc_labelmap_txt_gives_names_and_order(tmp_path):
@@ -321,7 +326,10 @@ def test_tfds_and_devkit_sources_join_into_one_dataset(tmp_path):
             ds, info = readers.read(f"tfds:voc/2007:train+validation+voc:{root}:trainval", training=training,
                                     seed=0)
             assert sorted(e["image_id"] for e in as_list(ds)) == [b"000001", b"a", b"b"]
-    assert info.class_names == readers.source_info(f"voc:{root}:trainval").class_names
+    # The devkit uses one PASCAL class; joined to TFDS VOC it is read with PASCAL's list.
+    assert info.class_names == annotations.VOC_CLASS_NAMES == readers.source_info(
+        f"tfds:voc/2007:train+validation+voc:{root}:trainval").class_names
+    assert readers.source_info(f"voc:{root}:trainval").class_names == ("cat",)
 
 
 def test_tfds_coco_mock_excludes_crowd_for_training_only():
@@ -473,3 +481,14 @@ def test_exif_orientation_is_ignored_alike_by_readers_serving_and_detect(tmp_pat
     for got in (from_reader, served, detected):
         assert got.shape == (20, 40, 3)
         assert got[:, :20, 0].mean() > 200 and got[:, 20:, 0].mean() < 40  # red stays on the left
+
+
+def test_joined_devkits_with_different_classes_share_their_union(tmp_path):
+    obj = dict(difficult=0, x0=1, y0=1, x1=9, y1=9)
+    a = write_voc(tmp_path / "A", {"a": voc_xml(dict(name="dog", **obj))})
+    b = write_voc(tmp_path / "B", {"b": voc_xml(dict(name="cat", **obj))})
+    ds, info = readers.read(f"voc:{a}:trainval+voc:{b}:trainval", training=False)
+    assert info.class_names == ("cat", "dog")  # PASCAL's order
+    assert sorted((e["image_id"], list(e["labels"])) for e in as_list(ds)) == [(b"a", [1]), (b"b", [0])]
+    c = write_voc(tmp_path / "C", {"c": voc_xml(dict(name="giraffe", **obj))})
+    assert readers.source_info(f"voc:{a}:trainval+voc:{c}:trainval").class_names == ("dog", "giraffe")

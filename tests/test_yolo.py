@@ -153,3 +153,14 @@ def test_label_path_follows_ultralytics():
     assert yolo.label_path(join("d", "images", "train", "x.jpg")) == join("d", "labels", "train", "x.txt")
     assert yolo.label_path(join("images", "d", "images", "x.y.PNG")) == join("images", "d", "labels", "x.y.txt")
     assert yolo.label_path(join("d", "pics", "x.jpg")) == join("d", "pics", "x.txt")
+
+
+def test_roboflow_yaml_with_parent_relative_splits_reads_the_folders_beside_it(tmp_path):
+    # Roboflow's export: data.yaml inside the dataset folder, no 'path', splits written as ../train/images.
+    yaml_path = write_dataset(tmp_path, "train: ../train/images\nval: ../valid/images\nnc: 2\nnames: ['cat', 'dog']\n",
+                              ["train/images/a.jpg", "valid/images/b.jpg"],
+                              {"train/labels/a.txt": "1 0.5 0.5 0.5 0.5\n", "valid/labels/b.txt": "0 0.5 0.5 1 1\n"})
+    train, val = yolo.read_yolo(yaml_path, "train"), yolo.read_yolo(yaml_path, "val")
+    assert train.image_ids == ["train/images/a"] and val.image_ids == ["valid/images/b"]
+    np.testing.assert_array_equal(train.labels[0], [1])
+    np.testing.assert_allclose(val.boxes[0], [[0, 0, 1, 1]], atol=1e-6)

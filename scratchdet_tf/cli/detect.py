@@ -60,11 +60,11 @@ def main(argv):
     for path in files:
         try:
             image = load_image(path)
-            result = detector.predict(image)
         except (OSError, ValueError) as err:
             logging.warning("skipping unreadable image %s: %s", path, err)
             skipped.append(path)
             continue
+        result = detector.predict(image)
         name = os.path.splitext(os.path.basename(path))[0] + ".png"
         if name in used_names:  # a.jpg and a.png in one folder
             name = os.path.basename(path).replace(".", "_") + ".png"

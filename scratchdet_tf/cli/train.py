@@ -5,8 +5,9 @@
 Resumes from the newest readable checkpoint in --model_dir (one trainer per folder: a second launch
 exits 1 naming the owner). SIGTERM / SIGINT: the current step ends, a checkpoint is saved at it, exit
 status 128 + the signal number; rerun the same command to resume. Last line: one JSON object
-{"step": ..., "loss": ..., "status": "finished" | "diverged" | "interrupted", ...}; exit status 1 when
-diverged or on a user error (one line, FATAL ...).
+{"step": ..., "loss": ..., "status": "finished" | "early_stopped" | "diverged" | "interrupted", ...,
+"best": {...} with periodic evaluation}; exit status 0 when finished or stopped early (--train.patience),
+1 when diverged or on a user error (one line, FATAL ...).
 """
 
 import json
@@ -39,7 +40,7 @@ def main(argv):
     print(json.dumps(result))
     if result["status"] == "interrupted":  # the shell's convention for a process ended by a signal
         sys.exit(128 + getattr(signal, result["signal"]))
-    if result["status"] != "finished":
+    if result["status"] not in ("finished", "early_stopped"):
         sys.exit(1)
 
 

@@ -59,7 +59,7 @@ class DataConfig:
 
     Sources are URIs (see docs/DECISIONS.md#data-contract): ``tfds:voc/2007:train+validation``,
     ``voc:<VOCdevkit/VOC2007>:trainval``, ``coco:<instances.json>:<image_dir>``,
-    ``shapes:<dir>``. Several sources are joined with ``+`` before a scheme
+    ``yolo:<data.yaml>:train``, ``shapes:<dir>``. Several sources are joined with ``+`` before a scheme
     (``voc:A:trainval+voc:B:trainval``); a ``+`` inside a TFDS split stays a split union.
     """
 
@@ -358,6 +358,9 @@ class Config:
         _check(not self.train.best_metric or self.train.best_metric in keys, "train.best_metric",
                self.train.best_metric, f"one of {', '.join(keys)} (the metrics of --eval.metric={self.eval.metric}), "
                "or empty for the headline one")
+        _check(not self.train.eval_every_steps or self.data.val_source, "data.val_source", self.data.val_source,
+               f"periodic evaluation (--train.eval_every_steps={self.train.eval_every_steps}) needs a validation "
+               "source")
         _check(not self.train.patience or self.train.eval_every_steps, "train.patience", self.train.patience,
                "early stopping needs periodic evaluation: set --train.eval_every_steps too")
 

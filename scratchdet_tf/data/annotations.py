@@ -291,9 +291,10 @@ def voc_class_names(devkit_dir: str) -> Tuple[str, ...]:
     ``<devkit_dir>/labelmap.txt`` when present (CVAT's export: ``name:color:parts:actions`` lines,
     ``#`` comments; ``background`` is left out), in its order. Else the ``<name>`` of every object in
     every ``<devkit_dir>/Annotations/*.xml`` (all image sets alike, so that a devkit's train and val sets
-    agree; unreadable XML is left to the reader): ``VOC_CLASS_NAMES`` when each one is a PASCAL class
-    (case-insensitively, as PASCAL's XML has ``Person`` too; also when there is no object at all), else
-    the sorted (Python string order, case-sensitive) set of the stripped names. The scan is cached per
+    agree; unreadable XML is left to the reader): when each one is a PASCAL class (case-insensitively, as
+    PASCAL's XML has ``Person`` too), those classes in ``VOC_CLASS_NAMES``' order (all 20 for PASCAL
+    itself, and when there is no object at all); else the sorted (Python string order, case-sensitive)
+    set of the stripped names. The scan is cached per
     folder and folder modification time.
 
     Args:
@@ -315,7 +316,10 @@ def voc_class_names(devkit_dir: str) -> Tuple[str, ...]:
     found = _annotated_names(os.path.realpath(folder), os.stat(folder).st_mtime_ns)
     pascal = {name.lower() for name in VOC_CLASS_NAMES}
     if all(name.lower() in pascal for name in found):
-        return VOC_CLASS_NAMES
+        # PASCAL itself (or no object at all): its 20 classes; a subset of them: those, in PASCAL's order.
+        lowered = {name.lower() for name in found}
+        subset = tuple(name for name in VOC_CLASS_NAMES if name in lowered)
+        return VOC_CLASS_NAMES if len(subset) in (0, len(VOC_CLASS_NAMES)) else subset
     logging.info("%s: classes from its XML: %s", folder, ", ".join(found))
     return found
 

@@ -47,6 +47,7 @@ def resolve(cfg: config_lib.Config, *, check_val: bool = False) -> config_lib.Co
     data = cfg.data
     names = tuple(readers.source_info(data.train_source, tfds_data_dir=data.tfds_data_dir,
                                       class_names=data.class_names).class_names)
+    _check_names(names, data.train_source)
     given = cfg.model.num_classes
     if given and given != len(names):
         raise config_lib.ConfigError(
@@ -76,6 +77,19 @@ def for_config(cfg) -> Tuple[str, ...]:
         logging.warning("class names of %r unavailable (%s); using class_1..class_%d",
                         cfg.data.train_source, err, cfg.model.num_classes)
     return unnamed(cfg.model.num_classes)
+
+
+def _check_names(names, source: str) -> None:
+    """Names a run can store and report by: distinct (results are keyed by name), non-empty, and expressible
+    in flag text (``flags.cfg`` lists them comma-separated)."""
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise config_lib.ConfigError(f"{source!r} names classes more than once: {duplicates}; class names must "
+                                     "be distinct")
+    bad = [n for n in names if not n or "," in n or "\n" in n or n != n.strip()]
+    if bad:
+        raise config_lib.ConfigError(f"{source!r} has class names a run cannot store: {bad} (empty, with a comma "
+                                     "or a newline, or with spaces around them); rename them in the data")
 
 
 def _shown(names, limit: int = 12) -> str:

@@ -141,6 +141,7 @@ def source_info(source: str, *, tfds_data_dir: str = "", class_names: Sequence[s
     Raises:
       ValueError: if joined sources disagree on their classes, or a source's differ from ``class_names``.
     """
+    class_names = tuple(class_names) or _joined_voc_classes(source, tfds_data_dir)
     infos = []
     for part in split_sources(source):
         scheme, args = _parse(part, training=True)
@@ -186,6 +187,7 @@ def read(source: str, *, tfds_data_dir: str = "", training: bool = True, decode:
       ValueError / FileNotFoundError: naming the bad URI, missing file, disagreeing classes, or an
         object whose class is not one of the classes.
     """
+    class_names = tuple(class_names) or _joined_voc_classes(source, tfds_data_dir)
     record_sets, tfds_sets = [], []
     for part in split_sources(source):
         scheme, args = _parse(part, training)
@@ -253,6 +255,32 @@ def _check_given_classes(part: str, given: Sequence[str], names: Sequence[str]) 
     if given and tuple(given) != tuple(names):
         raise ValueError(f"{part!r} has the classes {list(names)} but --data.class_names gives {list(given)}; "
                          "they must be equal (leave --data.class_names empty to use the data's)")
+
+
+def _joined_voc_classes(source: str, tfds_data_dir: str) -> Tuple[str, ...]:
+    """The class list that labels the ``voc:`` parts of a joined source whose own lists differ; () otherwise.
+
+    A devkit's own list holds only the classes its XML uses, so a small folder of PASCAL classes joined to
+    ``tfds:voc`` (or two devkits using different subsets) would disagree with the rest. When another part
+    carries a list of its own (TFDS, COCO, YOLO) that holds every devkit's classes, the devkits are read
+    with it; when all parts are devkits, with the union of their classes (PASCAL's order when all are
+    PASCAL's, else sorted). Anything else is left to the disagreement error.
+    """
+    parts = [(part,) + _parse(part, training=True) for part in split_sources(source)]
+    devkits = [args[0] for _, scheme, args in parts if scheme == "voc"]
+    if not devkits or len(parts) == 1:
+        return ()
+    own = [annotations.voc_class_names(devkit) for devkit in devkits]
+    others = [source_info(part, tfds_data_dir=tfds_data_dir).class_names
+              for part, scheme, _ in parts if scheme != "voc"]
+    if others:
+        covering = others[0]
+        return tuple(covering) if all(set(names) <= set(covering) for names in own) else ()
+    if len({tuple(names) for names in own}) == 1:
+        return ()
+    union = set().union(*own)
+    pascal = [name for name in annotations.VOC_CLASS_NAMES if name in union]
+    return tuple(pascal) if len(pascal) == len(union) else tuple(sorted(union))
 
 
 def _check_same_classes(named):

@@ -223,6 +223,18 @@ def _names(data: dict, yaml_path: str) -> Tuple[str, ...]:
     return names
 
 
+def _entry_path(entry: str, root: str) -> str:
+    """A split entry's path under the dataset root. Roboflow's exports write ``../train/images`` beside a YAML
+    inside the dataset folder; like Ultralytics, such an entry falls back to ``train/images`` when the
+    ``../`` path does not exist."""
+    path = os.path.normpath(os.path.join(root, entry))
+    if not os.path.exists(path) and entry.startswith("../"):
+        fallback = os.path.normpath(os.path.join(root, entry[3:]))
+        if os.path.exists(fallback):
+            return fallback
+    return path
+
+
 def _split_images(data: dict, split: str, root: str, yaml_path: str, problems: annotations.ProblemLog) -> List[str]:
     """The image paths of a split, in order: each folder sorted, each list file in its order."""
     if split not in SPLITS:
@@ -234,7 +246,7 @@ def _split_images(data: dict, split: str, root: str, yaml_path: str, problems: a
         entries = [entries]
     files, seen = [], set()
     for entry in entries:
-        for path in _entry_images(os.path.normpath(os.path.join(root, str(entry))), root, yaml_path, problems):
+        for path in _entry_images(_entry_path(str(entry), root), root, yaml_path, problems):
             if path in seen:
                 problems.add("image listed more than once, repeat skipped", path)
                 continue

@@ -95,14 +95,18 @@ def evaluate(cfg, model, anchors, *, source: str | None = None, num_images: int 
     multi_scale = cfg.eval.multi_scale if multi_scale is None else multi_scale
     method = method or model.name + ("+" if multi_scale else "")
     # The evaluation split's info (source_info would look at a shapes: source's train split).
-    _, info = readers.read(source, tfds_data_dir=cfg.data.tfds_data_dir, training=False, decode=False)
+    # The run's class list labels the evaluation data as it labelled the training data (a VOC devkit's own
+    # list could order them differently).
+    _, info = readers.read(source, tfds_data_dir=cfg.data.tfds_data_dir, training=False, decode=False,
+                           class_names=cfg.data.class_names)
     if info.num_classes != cfg.model.num_classes:
         raise ValueError(f"{source!r} has {info.num_classes} classes ({', '.join(info.class_names)}) but the "
                          f"model predicts {cfg.model.num_classes} (--model.num_classes)")
     scoring = dict(metric=cfg.eval.metric, output_dir=output_dir, step=step, method=method)
     if multi_scale:
         return evaluate_predict_fn(multiscale.make_predict_fn(cfg, model), source, num_images=num_images,
-                                   tfds_data_dir=cfg.data.tfds_data_dir, **scoring)
+                                   tfds_data_dir=cfg.data.tfds_data_dir, class_names=cfg.data.class_names,
+                                   **scoring)
 
     start = time.perf_counter()
     data_cfg = dataclasses.replace(cfg.data, val_source=source, deterministic=True)  # file order: reproducible ties
@@ -157,8 +161,9 @@ def evaluate_predict_fn(predict_fn: PredictFn, source: str, *, metric: str = "vo
         names differ from the source's.
     """
     start = time.perf_counter()
-    dataset, info = readers.read(source, tfds_data_dir=tfds_data_dir, training=False)
     unnamed = class_names_lib.unnamed(len(class_names))  # an export's names when none were known
+    fixed = tuple(class_names) if tuple(class_names) != unnamed else ()  # label the data in the model's order
+    dataset, info = readers.read(source, tfds_data_dir=tfds_data_dir, training=False, class_names=fixed)
     if class_names and tuple(class_names) not in (tuple(info.class_names), unnamed):
         raise ValueError(f"the model detects {list(class_names)} but {source!r} has classes {list(info.class_names)}")
     if num_images:
@@ -269,7 +274,8 @@ def evaluate_during_training(cfg, model, anchors, writer, step: int, num_drawn: 
     metrics = evaluate(cfg, model, anchors, step=step, output_dir=output_dir)
     write_summaries(writer, metrics, step)
     predict = model_predict_fn(cfg, model, anchors)
-    ds, info = readers.read(cfg.data.val_source, tfds_data_dir=cfg.data.tfds_data_dir, training=False)
+    ds, info = readers.read(cfg.data.val_source, tfds_data_dir=cfg.data.tfds_data_dir, training=False,
+                            class_names=cfg.data.class_names)
     with writer.as_default(step=step):
         for i, example in enumerate(ds.take(num_drawn)):
             image = example["image"].numpy()
@@ -323,7 +329,10 @@ def _score(images: List[_Image], info: readers.SourceInfo, source: str, *, metri
         print(table)
         if output_dir:
             metrics["per_class_table"] = _write_text(os.path.join(output_dir, PER_CLASS_FILE), table)
-            metrics["plots"] = write_plots(images, info.class_names, output_dir, metric=metric)
+            try:
+                metrics["plots"] = write_plots(images, info.class_names, output_dir, metric=metric)
+            except Exception as err:  # noqa: BLE001 - a figure must never cost the metrics (or a training run)
+                logging.warning("could not draw the evaluation plots into %s: %s", output_dir, err)
     metrics["num_images"] = len(images)
     if step is not None:
         metrics["step"] = int(step)

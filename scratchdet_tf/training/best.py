@@ -4,7 +4,8 @@
 (eval, export, ``Detector.from_run``): ``config.json`` + ``flags.cfg``, one weights-only checkpoint
 ``ckpt-N`` (model and step, no optimizer or input state) and ``best.json``
 (``{"step", "metric", "value", "metrics"}``). A new best is written into ``best.tmp/`` and then
-swapped in, so a crash leaves either the old best or the new one.
+swapped in (the old one moved aside to ``best.old`` first), so a crash leaves either the old best or
+the new one.
 
 Early stopping counts in steps, so it survives a resumed run without extra state: the run stops
 when ``patience`` evaluations (``patience * eval_every_steps`` steps) brought no new best.
@@ -76,8 +77,12 @@ class BestCheckpoint:
                   "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
         with open(os.path.join(tmp, BEST_FILE), "w") as f:
             json.dump(record, f, indent=2)
-        shutil.rmtree(self.folder, ignore_errors=True)
+        old = self.folder + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        if os.path.isdir(self.folder):
+            os.rename(self.folder, old)
         os.rename(tmp, self.folder)
+        shutil.rmtree(old, ignore_errors=True)
         logging.info("step %d: new best %s %.4f (was %s); saved to %s", step, self.metric, value,
                      "none" if self.best is None else f"{self.best['value']:.4f} at step {self.best['step']}",
                      self.folder)
@@ -85,8 +90,12 @@ class BestCheckpoint:
         return True
 
     def patience_spent(self, step: int) -> bool:
-        """Whether early stopping ends the run at ``step``: ``patience`` evaluations without a new best."""
-        return bool(self._steps_of_patience and self.best is not None
+        """Whether early stopping ends the run at ``step``: ``patience`` evaluations without a new best.
+
+        A best of 0 does not count: a detector trained from scratch first sits on a plateau where every
+        evaluation scores 0, and leaves it later (docs/TRAINING.md).
+        """
+        return bool(self._steps_of_patience and self.best is not None and self.best["value"] > 0
                     and step - self.best["step"] >= self._steps_of_patience)
 
     def summary(self) -> Dict | None:
@@ -97,7 +106,11 @@ class BestCheckpoint:
 
 
 def _finish_swap(folder: str) -> None:
-    """Completes a swap that a crash interrupted between removing the old best and renaming the new one."""
-    tmp = folder + ".tmp"
-    if not os.path.isdir(folder) and os.path.isfile(os.path.join(tmp, BEST_FILE)):
-        os.rename(tmp, folder)
+    """Completes a swap that a crash interrupted: ``best`` moved to ``best.old``, ``best.tmp`` (complete once
+    it holds ``best.json``) not yet renamed to ``best``."""
+    tmp, old = folder + ".tmp", folder + ".old"
+    if not os.path.isdir(folder):
+        if os.path.isfile(os.path.join(tmp, BEST_FILE)):
+            os.rename(tmp, folder)
+        elif os.path.isfile(os.path.join(old, BEST_FILE)):
+            os.rename(old, folder)

@@ -79,7 +79,7 @@ def train(cfg: config_lib.Config, model_dir: str, *, allow_config_change: bool =
     if tcfg.patience and num_workers > 1:  # only the chief evaluates, so only it would know when to stop
         raise config_lib.ConfigError(f"--train.patience={tcfg.patience} is invalid: early stopping runs on one "
                                      "worker only (multi-worker runs keep the best checkpoint without it)")
-    cfg = class_names.resolve(cfg, check_val=bool(tcfg.eval_every_steps))
+    cfg = class_names.resolve(cfg, check_val=bool(tcfg.eval_every_steps) and worker == 0)  # the chief evaluates
     logging.info("%d classes: %s", cfg.model.num_classes, ", ".join(cfg.data.class_names))
     # The other workers write only their own scratch folders in it.
     with stop_signal.StopOnSignal() as stop, (run_dir.RunLock(model_dir) if is_chief else contextlib.nullcontext()):
@@ -188,6 +188,10 @@ def train(cfg: config_lib.Config, model_dir: str, *, allow_config_change: bool =
         best = best_lib.BestCheckpoint(model_dir, cfg, model, step) if tcfg.eval_every_steps and is_chief else None
         finished = int(step.numpy()) >= tcfg.max_steps or (best is not None and best.patience_spent(int(step.numpy())))
         if finished and previous is not None:  # nothing left to train: report that run
+            if int(step.numpy()) < tcfg.max_steps:
+                logging.warning("%s stopped early at step %d (no better %s since step %d, --train.patience=%d); "
+                                "raise the patience or delete the folder to train on", model_dir,
+                                int(step.numpy()), best.metric, best.best["step"], tcfg.patience)
             return {**previous, "steps_this_run": 0}
 
         # --- loop ---
