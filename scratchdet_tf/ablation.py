@@ -170,6 +170,9 @@ def run_cell(cell: Cell, cfg: config.Config, model_dir: str, train_eval_source: 
                      model_dir)
         keras.backend.clear_session()
         result = train_lib.train(cfg, model_dir)
+    if run_dir.has_config(model_dir):  # what training computed: the classes taken from the data filled in
+        cfg = config.replace(cfg, model=run_dir.load_config(model_dir).model,
+                             data=run_dir.load_config(model_dir).data)
     restored = []
 
     def restore():  # the trained model, read back once for all its evaluations

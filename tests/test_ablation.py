@@ -27,7 +27,7 @@ def grid(shapes_dir, tmp_path_factory):
         paper_cfg = os.path.join(ROOT, ablation.ABLATION_DIR, name + ".cfg")
         lines = [f"--flagfile={paper_cfg}"] + (["--train.learning_rate=1e30"] if "none" in name else [])
         (config_dir / f"{name}.cfg").write_text("\n".join(lines) + "\n")
-    overrides = [f"--data.train_source=shapes:{data}", f"--data.val_source=shapes:{data}", "--model.num_classes=5",
+    overrides = [f"--data.train_source=shapes:{data}", f"--data.val_source=shapes:{data}", "--model.num_classes=0",
                  "--model.width=0.0625", "--model.image_size=64", "--anchors.steps=", "--train.batch_size=4",
                  "--train.max_bad_steps=1", "--eval.batch_size=4"]
     out_dir = str(root / "grid")

@@ -378,8 +378,7 @@ def write_plots(images: Sequence, class_names: Sequence[str], output_dir: str, *
     matrix = confusion.confusion_matrix(images, len(class_names), score_threshold=score_threshold)
     cm_path = plots.plot_confusion_matrix(
         matrix, class_names, os.path.join(output_dir, CONFUSION_FILE),
-        title=f"detections scoring >= {score_threshold:g} at IoU 0.5 (rows predicted, columns true), "
-              f"{len(images)} images")
+        title=f"confusion: score >= {score_threshold:g}, IoU 0.5, {len(images)} images")
     return [pr_path, cm_path]
 
 
