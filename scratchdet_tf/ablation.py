@@ -402,7 +402,10 @@ def run_grid(grid: str, out_dir: str, *, steps: int, overrides: Sequence[str] = 
                "hardware": hardware(), "markdown": os.path.join(out_dir, f"{grid}.md"),
                "json": os.path.join(out_dir, f"{grid}.json")}
     most = max([len(cell_seeds(cell, seeds, key_seeds)) for cell in cells], default=seeds)
-    title = (f"{grid}: {steps} steps, lr x0.1 at steps {' / '.join(','.join(map(str, b)) for b in schedules)}, "
+    kinds = {cfg.train.lr_schedule for _, cfg, _ in plan}
+    schedule = ("cosine lr" if kinds == {"cosine"} else
+                f"lr x0.1 at steps {' / '.join(','.join(map(str, b)) for b in schedules)}")
+    title = (f"{grid}: {steps} steps, {schedule}, "
              f"{' '.join(overrides)}; seeds 0..{seeds - 1} per cell"
              + (f", 0..{most - 1} on key cells" if most > seeds else ""))
     if train_eval_source:
